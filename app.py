@@ -1,0 +1,116 @@
+"""The FastAPI app: settings, the store's lifetime, CORS, the routers and the built SPA.
+
+Run it with ``uvicorn app:app`` (add ``--reload`` while developing, ``--workers N`` in production).
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI, HTTPException, status
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from authentication import AuthHandler
+from routers import anonymous, shop, users
+from settings import Settings
+from store import JsonStore, StoreError
+
+log = logging.getLogger("uvicorn.error")
+MAX_BODY_BYTES = 64 * 1024
+MAINTENANCE_SECONDS = 3600
+
+
+async def _maintain(store: JsonStore, settings: Settings) -> None:
+    """Forget idle visitors and expired sessions, so the store does not grow without bound."""
+    idle = settings.anonymous_token_expire_days * 86400
+    while True:
+        purged = await store.purge_anonymous(idle)
+        await store.prune()
+        if purged:
+            log.info("purged %d idle anonymous visitor(s)", purged)
+        await asyncio.sleep(MAINTENANCE_SECONDS)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    store = JsonStore(settings.users_file)
+    try:
+        await asyncio.to_thread(store.open)
+    except StoreError as exc:
+        log.error("Cannot start: %s", exc)
+        raise
+    auth = AuthHandler(settings.secret, settings.bcrypt_rounds, settings.access_token_expire_minutes,
+                       settings.refresh_token_expire_days, settings.anonymous_token_expire_days)
+    app.state.store, app.state.auth = store, auth
+    maintenance = asyncio.create_task(_maintain(store, settings))
+    try:
+        yield
+    finally:
+        maintenance.cancel()
+        with suppress(asyncio.CancelledError):
+            await maintenance
+        store.close()
+        auth.close()
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413 before they are buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return await _too_large(send)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "Request body too large")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _too_large(send: Send) -> None:
+    body = b'{"detail":"Request body too large"}'
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan,
+                  description="JWT authentication over a durable JSON user store, with anonymous sessions.")
+    app.state.settings = settings
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                       allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
+    app.add_middleware(BodyLimit)
+    app.include_router(users.router)
+    app.include_router(anonymous.router)
+    app.include_router(shop.router)
+
+    @app.get("/health", tags=["meta"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    if (settings.frontend_dir / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=settings.frontend_dir, html=True), name="spa")
+    else:
+        log.warning("%s/index.html not found: serving the API only (`make run` builds the SPA)",
+                    settings.frontend_dir)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,107 @@
+"""Request and response bodies. Passwords only ever come in; no model sends one out."""
+
+import re
+import unicodedata
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+USERNAME_RE = re.compile(r"[\w.-]{3,15}")
+MAX_PASSWORD_BYTES = 72  # bcrypt's limit: longer passwords are refused, never silently truncated
+
+
+def normalize_username(username: str) -> str:
+    """The key for uniqueness: ``Marko``, ``marko`` and ``ｍａｒｋｏ`` are one account."""
+    return unicodedata.normalize("NFKC", username).casefold()
+
+
+def _check_username(value: str) -> str:
+    if not USERNAME_RE.fullmatch(value):
+        raise ValueError("username must be 3-15 characters: letters, digits, '_', '.' or '-'")
+    return value
+
+
+def _check_password(value: str) -> str:
+    if len(value.encode()) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
+    if "\x00" in value:
+        raise ValueError("password must not contain NUL characters")
+    return value
+
+
+Username = Annotated[str, AfterValidator(_check_username)]
+Password = Annotated[str, Field(min_length=8), AfterValidator(_check_password)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class UserCreate(Strict):
+    username: Username = Field(examples=["marko"])
+    password: Password = Field(examples=["marko123"])
+
+
+class LoginRequest(Strict):
+    """Lenient on shape (a wrong password is a 401, not a 422), strict on what bcrypt accepts."""
+
+    username: str = Field(min_length=1, max_length=64, examples=["marko"])
+    password: Annotated[str, Field(min_length=1), AfterValidator(_check_password)] = Field(examples=["marko123"])
+
+
+class RefreshRequest(Strict):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class LogoutRequest(Strict):
+    refresh_token: str | None = Field(None, max_length=4096)
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+
+
+class UserList(BaseModel):
+    users: list[UserOut]
+
+
+class TokenOut(BaseModel):
+    token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="seconds until `token` expires")
+    refresh_token: str
+
+
+class AnonymousTokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class Item(BaseModel):
+    id: int
+    name: str
+    price: float
+
+
+class Catalogue(BaseModel):
+    message: str
+    items: list[Item]
+
+
+class CartLine(BaseModel):
+    item_id: int
+    quantity: int
+
+
+class Cart(BaseModel):
+    items: list[CartLine]
+
+
+class Quantity(Strict):
+    quantity: int = Field(ge=1, le=1000)
+
+
+class Message(BaseModel):
+    detail: str

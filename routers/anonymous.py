@@ -1,0 +1,30 @@
+"""Visitors without an account: an anonymous token, and what they may see."""
+
+from fastapi import APIRouter, HTTPException, Request, status
+
+from deps import AuthDep, SettingsDep, StoreDep
+from models import AnonymousTokenOut, Message
+from store import RateLimited
+
+router = APIRouter(tags=["anonymous"])
+
+
+@router.post("/anonymous-login", response_model=AnonymousTokenOut, responses={
+    429: {"model": Message, "description": "Too many anonymous sign-ins from this address; see Retry-After"},
+})
+async def anonymous_login(request: Request, store: StoreDep, auth: AuthDep, settings: SettingsDep) -> dict[str, object]:
+    """A token for a visitor: ``sub`` is ``anonymous_<uuid>``; cart and activity are kept server
+    side and move into the account when the visitor registers or logs in with this token."""
+    client = request.client.host if request.client else "unknown"
+    try:
+        anonymous_id = await store.add_anonymous(client, settings.anonymous_login_rate_limit)
+    except RateLimited as exc:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "Too many anonymous sign-ins; try again later",
+                            headers={"Retry-After": str(exc.retry_after)}) from None
+    return {"access_token": auth.encode_anonymous_token(anonymous_id), "token_type": "bearer",
+            "expires_in": auth.anonymous_seconds}
+
+
+@router.get("/public-data")
+async def public_data() -> dict[str, str]:
+    return {"message": "This is public: no token needed."}

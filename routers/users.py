@@ -1,0 +1,117 @@
+"""Accounts: the book's ``/users`` routes, plus refresh, logout and account deletion."""
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Response, status
+
+from authentication import AuthHandler, TokenError
+from deps import AUTH_ERRORS, REGISTERED_ERRORS, AuthDep, CurrentUser, OptionalAnonymous, SettingsDep, StoreDep
+from models import LoginRequest, LogoutRequest, Message, RefreshRequest, TokenOut, UserCreate, UserList, UserOut
+from store import User, UsernameTaken
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+INVALID_LOGIN = "Invalid username and/or password"
+
+
+def _tokens(auth: AuthHandler, user: User, session_id: str, refresh_jti: str) -> dict[str, Any]:
+    return {
+        "token": auth.encode_token(user.id, user.username, session_id),
+        "token_type": "bearer",
+        "expires_in": auth.access_seconds,
+        "refresh_token": auth.encode_refresh_token(user.id, session_id, refresh_jti),
+    }
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut,
+             responses={409: {"model": Message, "description": "Username already taken"}})
+async def register(body: UserCreate, store: StoreDep, auth: AuthDep, anonymous: OptionalAnonymous) -> dict[str, str]:
+    """Create an account. Sent with an anonymous visitor's token, the visitor's cart moves into it."""
+    if await store.find_user(body.username):  # saves a bcrypt hash; the store checks again
+        raise HTTPException(status.HTTP_409_CONFLICT, "Username already taken")
+    hashed = await auth.get_password_hash(body.password)
+    try:
+        user = await store.add_user(body.username, hashed, merge_from=anonymous)
+    except UsernameTaken:
+        raise HTTPException(status.HTTP_409_CONFLICT, "Username already taken") from None
+    return {"id": user.id, "username": user.username}
+
+
+@router.post("/login", response_model=TokenOut, responses={
+    401: {"model": Message, "description": INVALID_LOGIN},
+    429: {"model": Message, "description": "Too many failed logins for this username; see Retry-After"},
+})
+async def login(body: LoginRequest, store: StoreDep, auth: AuthDep, settings: SettingsDep,
+                anonymous: OptionalAnonymous) -> dict[str, Any]:
+    """Trade a username and password for an access token and a refresh token."""
+    wait = await store.login_locked(body.username, settings.login_max_failures, settings.login_lockout_seconds)
+    if wait:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "Too many failed login attempts; try again later",
+                            headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+    user = await store.find_user(body.username)
+    ok = await auth.verify_password(body.password, user.password if user else None)
+    await store.record_login(body.username, ok, settings.login_lockout_seconds)
+    if not ok or user is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN)
+    if anonymous:
+        await store.merge_anonymous(anonymous, user.id)
+    jti = uuid.uuid4().hex
+    session_id = await store.start_session(user.id, jti, time.time() + auth.refresh_seconds)
+    return _tokens(auth, user, session_id, jti)
+
+
+@router.post("/refresh", response_model=TokenOut, responses={401: {"model": Message}})
+async def refresh(body: RefreshRequest, store: StoreDep, auth: AuthDep) -> dict[str, Any]:
+    """Rotate: a new access and refresh token; the old refresh token is spent. Presenting a spent
+    one again ends the whole session (it was copied), logging out thief and owner alike."""
+    try:
+        claims = auth.decode_token(body.refresh_token, kinds=("refresh",))
+    except TokenError as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
+    jti = uuid.uuid4().hex
+    rotated = await store.rotate_session(claims["sid"], claims["sub"], claims["jti"], jti,
+                                         time.time() + auth.refresh_seconds)
+    user = await store.get_user(claims["sub"])
+    if not rotated or user is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid token")
+    return _tokens(auth, user, claims["sid"], jti)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=AUTH_ERRORS)
+async def logout(user: CurrentUser, store: StoreDep, auth: AuthDep, body: LogoutRequest | None = None) -> Response:
+    """End this login session: its access and refresh tokens are refused from now on."""
+    await store.end_session(user.session_id or "")
+    if body and body.refresh_token:
+        try:
+            claims = auth.decode_token(body.refresh_token, kinds=("refresh",))
+        except TokenError:
+            claims = None
+        if claims and claims["sub"] == user.id:
+            await store.end_session(claims["sid"])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses=REGISTERED_ERRORS)
+async def logout_all(user: CurrentUser, store: StoreDep) -> Response:
+    """End every session of this account, on every device."""
+    await store.end_all_sessions(user.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/list", response_model=UserList, responses=REGISTERED_ERRORS)
+async def list_users(_: CurrentUser, store: StoreDep) -> dict[str, list[dict[str, str]]]:
+    return {"users": [{"id": u.id, "username": u.username} for u in await store.list_users()]}
+
+
+@router.get("/me", response_model=UserOut, responses=REGISTERED_ERRORS)
+async def me(user: CurrentUser) -> dict[str, str | None]:
+    return {"id": user.id, "username": user.username}
+
+
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=REGISTERED_ERRORS)
+async def delete_me(user: CurrentUser, store: StoreDep) -> Response:
+    """Delete this account, its cart and its sessions."""
+    await store.delete_user(user.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

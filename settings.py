@@ -1,0 +1,76 @@
+"""Configuration, read once from the environment (and an optional `.env`).
+
+The JWT secret is the one value that must never live in code: when `JWT_SECRET`
+is unset, a strong random secret is generated once and kept beside the store
+(mode 0600), so tokens survive restarts and every worker signs with the same key.
+"""
+
+import os
+import secrets
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    users_file: Path = Path("users.json")
+    jwt_secret: SecretStr | None = None
+    bcrypt_rounds: int = Field(12, ge=4, le=31)
+    access_token_expire_minutes: float = Field(30, gt=0)
+    refresh_token_expire_days: float = Field(7, gt=0)
+    anonymous_token_expire_days: float = Field(30, gt=0)
+    anonymous_login_rate_limit: int = Field(100, ge=0, description="per client address and hour; 0 disables")
+    login_max_failures: int = Field(5, ge=1)
+    login_lockout_seconds: int = Field(900, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://127.0.0.1:5173"]
+    frontend_dir: Path = Path(__file__).parent / "frontend" / "dist"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes; generate one with "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`")
+        return value
+
+    @cached_property
+    def secret(self) -> str:
+        """The signing key: `JWT_SECRET`, or the one persisted beside the store."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return load_or_create_secret(self.users_file.with_name(self.users_file.name + ".secret"))
+
+
+def load_or_create_secret(path: Path) -> str:
+    """Create the secret file exclusively, so concurrent workers agree on one key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another worker may be writing it right now
+            secret = path.read_text().strip()
+            if len(secret.encode()) >= MIN_SECRET_BYTES:
+                return secret
+            time.sleep(0.02)
+        raise RuntimeError(f"{path}: secret file is shorter than {MIN_SECRET_BYTES} bytes; delete it or set JWT_SECRET")
+    secret = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return secret
