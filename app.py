@@ -8,8 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI, HTTPException, status
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,13 +27,16 @@ MAINTENANCE_SECONDS = 3600
 
 async def _maintain(store: JsonStore, settings: Settings) -> None:
     """Forget idle visitors and expired sessions, so the store does not grow without bound."""
-    idle = settings.anonymous_token_expire_days * 86400
+    purged = await store.purge_anonymous(settings.anonymous_token_expire_days * 86400)
+    await store.prune()
+    if purged:
+        log.info("purged %d idle anonymous visitor(s)", purged)
+
+
+async def _maintain_periodically(store: JsonStore, settings: Settings) -> None:
     while True:
-        purged = await store.purge_anonymous(idle)
-        await store.prune()
-        if purged:
-            log.info("purged %d idle anonymous visitor(s)", purged)
         await asyncio.sleep(MAINTENANCE_SECONDS)
+        await _maintain(store, settings)
 
 
 @asynccontextmanager
@@ -46,7 +51,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     auth = AuthHandler(settings.secret, settings.bcrypt_rounds, settings.access_token_expire_minutes,
                        settings.refresh_token_expire_days, settings.anonymous_token_expire_days)
     app.state.store, app.state.auth = store, auth
-    maintenance = asyncio.create_task(_maintain(store, settings))
+    await _maintain(store, settings)
+    maintenance = asyncio.create_task(_maintain_periodically(store, settings))
     try:
         yield
     finally:
@@ -89,6 +95,14 @@ async def _too_large(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape without echoing the input: it may hold a password, or text that
+    cannot even be encoded back (a lone surrogate)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan,
@@ -97,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
     app.add_middleware(BodyLimit)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(users.router)
     app.include_router(anonymous.router)
     app.include_router(shop.router)

@@ -15,6 +15,11 @@ def normalize_username(username: str) -> str:
     return unicodedata.normalize("NFKC", username).casefold()
 
 
+def _check_text(value: str) -> str:
+    value.encode()  # a lone surrogate raises UnicodeEncodeError, a ValueError: a 422, not a 500 later
+    return value
+
+
 def _check_username(value: str) -> str:
     if not USERNAME_RE.fullmatch(value):
         raise ValueError("username must be 3-15 characters: letters, digits, '_', '.' or '-'")
@@ -29,6 +34,7 @@ def _check_password(value: str) -> str:
     return value
 
 
+Text = Annotated[str, AfterValidator(_check_text)]
 Username = Annotated[str, AfterValidator(_check_username)]
 Password = Annotated[str, Field(min_length=8), AfterValidator(_check_password)]
 
@@ -45,16 +51,16 @@ class UserCreate(Strict):
 class LoginRequest(Strict):
     """Lenient on shape (a wrong password is a 401, not a 422), strict on what bcrypt accepts."""
 
-    username: str = Field(min_length=1, max_length=64, examples=["marko"])
+    username: Text = Field(min_length=1, max_length=64, examples=["marko"])
     password: Annotated[str, Field(min_length=1), AfterValidator(_check_password)] = Field(examples=["marko123"])
 
 
 class RefreshRequest(Strict):
-    refresh_token: str = Field(min_length=1, max_length=4096)
+    refresh_token: Text = Field(min_length=1, max_length=4096)
 
 
 class LogoutRequest(Strict):
-    refresh_token: str | None = Field(None, max_length=4096)
+    refresh_token: Text | None = Field(None, max_length=4096)
 
 
 class UserOut(BaseModel):

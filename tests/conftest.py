@@ -1,0 +1,78 @@
+"""Shared fixtures: the real app over HTTP (httpx against ASGI, lifespan included)."""
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app import create_app
+from settings import Settings
+
+SECRET = secrets.token_urlsafe(48)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "users_file": tmp_path / "users.json",
+        "jwt_secret": SECRET,
+        "bcrypt_rounds": 4,
+        "frontend_dir": tmp_path / "no-frontend",
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+class Client(httpx.AsyncClient):
+    """An httpx client bound to a running app, with the calls every test needs."""
+
+    app: object
+
+    async def register(self, username: str, password: str = "password123", token: str | None = None) -> httpx.Response:
+        return await self.post("/users/register", json={"username": username, "password": password},
+                               headers=bearer(token) if token else None)
+
+    async def login(self, username: str, password: str = "password123", token: str | None = None) -> httpx.Response:
+        return await self.post("/users/login", json={"username": username, "password": password},
+                               headers=bearer(token) if token else None)
+
+    async def token_for(self, username: str, password: str = "password123") -> str:
+        """Register (if needed) and log in; the access token."""
+        await self.register(username, password)
+        response = await self.login(username, password)
+        assert response.status_code == 200, response.text
+        return response.json()["token"]
+
+    async def anonymous(self) -> str:
+        response = await self.post("/anonymous-login")
+        assert response.status_code == 200, response.text
+        return response.json()["access_token"]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def running(settings: Settings) -> AsyncIterator[Client]:
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), Client(transport=transport, base_url="http://test") as client:
+        client.app = app
+        yield client
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    async for c in running(settings):
+        yield c

@@ -1,0 +1,144 @@
+"""Refresh-token rotation, reuse detection, logout, logout-all, and brute-force throttling."""
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Client, bearer, make_settings, running
+
+pytestmark = pytest.mark.anyio
+
+
+async def login(client: Client, name: str = "marko") -> dict:
+    await client.register(name)
+    response = await client.login(name)
+    assert response.status_code == 200
+    return response.json()
+
+
+async def me(client: Client, token: str) -> int:
+    return (await client.get("/users/me", headers=bearer(token))).status_code
+
+
+async def test_refresh_rotates_both_tokens(client: Client) -> None:
+    first = await login(client)
+    response = await client.post("/users/refresh", json={"refresh_token": first["refresh_token"]})
+    assert response.status_code == 200
+    second = response.json()
+    assert second["token"] != first["token"] and second["refresh_token"] != first["refresh_token"]
+    assert await me(client, second["token"]) == 200
+    third = await client.post("/users/refresh", json={"refresh_token": second["refresh_token"]})
+    assert third.status_code == 200
+
+
+async def test_reusing_a_spent_refresh_token_revokes_the_family(client: Client) -> None:
+    victim = await login(client)
+    stolen = victim["refresh_token"]
+    rotated = (await client.post("/users/refresh", json={"refresh_token": stolen})).json()
+    reuse = await client.post("/users/refresh", json={"refresh_token": stolen})
+    assert reuse.status_code == 401
+    for token in (victim["token"], rotated["token"]):
+        assert await me(client, token) == 401
+    assert (await client.post("/users/refresh", json={"refresh_token": rotated["refresh_token"]})).status_code == 401
+    other_session = await client.login("marko")  # a fresh login still works
+    assert other_session.status_code == 200
+
+
+async def test_logout_revokes_access_and_refresh_tokens(client: Client) -> None:
+    session = await login(client)
+    other = (await client.login("marko")).json()  # another device
+    response = await client.post("/users/logout", headers=bearer(session["token"]),
+                                 json={"refresh_token": session["refresh_token"]})
+    assert response.status_code == 204
+    assert await me(client, session["token"]) == 401
+    assert (await client.post("/users/refresh", json={"refresh_token": session["refresh_token"]})).status_code == 401
+    assert await me(client, other["token"]) == 200  # only this session ended
+
+
+async def test_logout_without_body(client: Client) -> None:
+    session = await login(client)
+    assert (await client.post("/users/logout", headers=bearer(session["token"]))).status_code == 204
+    assert await me(client, session["token"]) == 401
+    assert (await client.post("/users/refresh", json={"refresh_token": session["refresh_token"]})).status_code == 401
+
+
+async def test_logout_all_ends_every_session(client: Client) -> None:
+    sessions = [await login(client)] + [(await client.login("marko")).json() for _ in range(2)]
+    assert (await client.post("/users/logout-all", headers=bearer(sessions[0]["token"]))).status_code == 204
+    for session in sessions:
+        assert await me(client, session["token"]) == 401
+        assert (await client.post("/users/refresh", json={"refresh_token": session["refresh_token"]})).status_code == 401
+    fresh = (await client.login("marko")).json()
+    assert await me(client, fresh["token"]) == 200
+
+
+async def test_logout_needs_a_registered_token(client: Client) -> None:
+    assert (await client.post("/users/logout")).status_code == 401
+    assert (await client.post("/users/logout", headers=bearer(await client.anonymous()))).status_code == 403
+
+
+async def test_refresh_with_garbage_is_401(client: Client) -> None:
+    for token in ("garbage", "a.b.c", await client.anonymous()):
+        assert (await client.post("/users/refresh", json={"refresh_token": token})).status_code == 401
+
+
+async def test_lockout_after_failures_for_that_username_only(tmp_path: Path) -> None:
+    async for client in running(make_settings(tmp_path, login_max_failures=3, login_lockout_seconds=600)):
+        await client.register("marko", "marko123")
+        await client.register("ana", "password123")
+        assert [(await client.login("marko", "wrong-pass")).status_code for _ in range(3)] == [401] * 3
+        locked = await client.login("marko", "marko123")  # even the right password
+        assert locked.status_code == 429 and 590 <= int(locked.headers["retry-after"]) <= 600
+        assert "detail" in locked.json()
+        assert (await client.login("MARKO", "marko123")).status_code == 429  # same account, other spelling
+        assert (await client.login("ana", "password123")).status_code == 200
+
+
+async def test_unknown_usernames_are_throttled_the_same_way(tmp_path: Path) -> None:
+    async for client in running(make_settings(tmp_path, login_max_failures=3)):
+        await client.register("marko", "marko123")
+        known = [(await client.login("marko", "wrong-pass")) for _ in range(4)]
+        unknown = [(await client.login("ghost", "wrong-pass")) for _ in range(4)]
+        assert [r.status_code for r in known] == [r.status_code for r in unknown] == [401, 401, 401, 429]
+        assert known[-1].json() == unknown[-1].json()
+
+
+async def test_success_resets_the_failure_count(tmp_path: Path) -> None:
+    async for client in running(make_settings(tmp_path, login_max_failures=3)):
+        await client.register("marko", "marko123")
+        for _ in range(2):
+            assert (await client.login("marko", "wrong-pass")).status_code == 401
+        assert (await client.login("marko", "marko123")).status_code == 200
+        for _ in range(2):
+            assert (await client.login("marko", "wrong-pass")).status_code == 401
+        assert (await client.login("marko", "marko123")).status_code == 200
+
+
+async def test_lockout_ends_after_the_window(tmp_path: Path) -> None:
+    async for client in running(make_settings(tmp_path, login_max_failures=2, login_lockout_seconds=1)):
+        await client.register("marko", "marko123")
+        for _ in range(2):
+            await client.login("marko", "wrong-pass")
+        assert (await client.login("marko", "marko123")).status_code == 429
+        await asyncio.sleep(1.1)
+        assert (await client.login("marko", "marko123")).status_code == 200
+
+
+async def test_revocations_survive_a_restart_and_expired_entries_are_pruned(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, login_max_failures=2)
+    async for client in running(settings):
+        ended = await login(client)
+        kept = (await client.login("marko")).json()
+        await client.post("/users/logout", headers=bearer(ended["token"]))
+        for _ in range(2):
+            await client.login("marko", "wrong-pass")
+        store = client.app.state.store  # type: ignore[attr-defined]
+        expired = await store.start_session((await store.find_user("marko")).id, "jti", time.time() - 1)
+    async for client in running(settings):  # restarted: the lifespan prunes at start
+        assert await me(client, ended["token"]) == 401
+        assert await me(client, kept["token"]) == 200
+        assert (await client.login("marko", "marko123")).status_code == 429  # the lockout survived too
+        sessions = client.app.state.store.t["sessions"]  # type: ignore[attr-defined]
+        assert expired not in sessions and len(sessions) == 1

@@ -1,0 +1,124 @@
+"""Forged, tampered, expired and confused tokens are all 401 with a useful detail."""
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+
+from conftest import SECRET, Client, bearer
+
+pytestmark = pytest.mark.anyio
+
+
+def b64(data: dict | bytes) -> str:
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def claims_of(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+async def assert_invalid(client: Client, token: str, detail: str = "Invalid token") -> None:
+    response = await client.get("/users/me", headers=bearer(token))
+    assert response.status_code == 401, token
+    assert response.json() == {"detail": detail}
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_access_token_claims(client: Client) -> None:
+    token = await client.token_for("marko", "marko123")
+    header = jwt.get_unverified_header(token)
+    claims = claims_of(token)
+    assert header["alg"] == "HS256"
+    assert claims["username"] == "marko" and isinstance(claims["sub"], str) and claims["typ"] == "access"
+    assert claims["exp"] - claims["iat"] == 30 * 60
+
+
+async def test_tampered_payload(client: Client) -> None:
+    token = await client.token_for("marko")
+    await client.register("admin", "password123")
+    header, _, signature = token.split(".")
+    claims = claims_of(token) | {"username": "admin"}
+    await assert_invalid(client, f"{header}.{b64(claims)}.{signature}")
+
+
+async def test_wrong_key(client: Client) -> None:
+    claims = claims_of(await client.token_for("marko"))
+    await assert_invalid(client, jwt.encode(claims, "another-secret-that-is-long-enough-0123456789", "HS256"))
+
+
+async def test_alg_none(client: Client) -> None:
+    claims = claims_of(await client.token_for("marko"))
+    await assert_invalid(client, f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}.")
+
+
+async def test_other_algorithm_with_the_right_key(client: Client) -> None:
+    claims = claims_of(await client.token_for("marko"))
+    await assert_invalid(client, jwt.encode(claims, SECRET, "HS512"))
+
+
+@pytest.mark.parametrize("missing", ["exp", "iat", "sub"])
+async def test_missing_required_claim(client: Client, missing: str) -> None:
+    claims = claims_of(await client.token_for("marko"))
+    del claims[missing]
+    await assert_invalid(client, jwt.encode(claims, SECRET, "HS256"))
+
+
+async def test_expired_token(client: Client) -> None:
+    claims = claims_of(await client.token_for("marko"))
+    claims |= {"iat": int(time.time()) - 3600, "exp": int(time.time()) - 10}
+    await assert_invalid(client, jwt.encode(claims, SECRET, "HS256"), "Signature has expired")
+
+
+@pytest.mark.parametrize("garbage", ["garbage", "a.b.c", "ey.ey.ey", "Bearer", "x" * 5000, "é"])
+async def test_garbage(client: Client, garbage: str) -> None:
+    response = await client.get("/users/me", headers={"Authorization": f"Bearer {garbage}".encode()})
+    assert response.status_code == 401
+
+
+async def test_non_bearer_scheme_is_not_authenticated(client: Client) -> None:
+    response = await client.get("/users/me", headers={"Authorization": "Basic bWFya286bWFya28xMjM="})
+    assert response.status_code == 401 and response.json() == {"detail": "Not authenticated"}
+
+
+async def test_dict_subject_from_the_book_is_refused(client: Client) -> None:
+    """The book put a dict in ``sub``; such a token must not be accepted (nor crash PyJWT)."""
+    claims = claims_of(await client.token_for("marko"))
+    token = jwt.api_jws.encode(json.dumps(claims | {"sub": {"user_id": claims["sub"]}}).encode(), SECRET, "HS256")
+    await assert_invalid(client, token)
+
+
+async def test_refresh_token_is_not_an_access_token(client: Client) -> None:
+    await client.register("marko")
+    refresh = (await client.login("marko")).json()["refresh_token"]
+    await assert_invalid(client, refresh)
+
+
+async def test_access_token_is_not_a_refresh_token(client: Client) -> None:
+    token = await client.token_for("marko")
+    response = await client.post("/users/refresh", json={"refresh_token": token})
+    assert response.status_code == 401
+
+
+async def test_token_of_a_deleted_user(client: Client) -> None:
+    token = await client.token_for("marko")
+    store = client.app.state.store  # type: ignore[attr-defined]
+    user = await store.find_user("marko")
+    assert await store.delete_user(user.id)
+    await assert_invalid(client, token)
+
+
+async def test_swagger_ui_and_openapi_declare_bearer(client: Client) -> None:
+    assert (await client.get("/docs")).status_code == 200
+    spec = (await client.get("/openapi.json")).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes == {"HTTPBearer": {"type": "http", "scheme": "bearer", "description": schemes["HTTPBearer"]["description"]}}
+    me = spec["paths"]["/users/me"]["get"]
+    assert me["security"] == [{"HTTPBearer": []}]
+    assert {"200", "401", "403"} <= set(me["responses"])
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert "200" in operation["responses"] or "201" in operation["responses"] or "204" in operation["responses"], (path, method)
