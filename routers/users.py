@@ -25,6 +25,16 @@ def _tokens(auth: AuthHandler, user: User, session_id: str, refresh_jti: str) ->
     }
 
 
+@router.get("/list", response_model=UserList, responses=REGISTERED_ERRORS)
+async def list_users(_: CurrentUser, store: StoreDep) -> dict[str, list[dict[str, str]]]:
+    return {"users": [{"id": u.id, "username": u.username} for u in await store.list_users()]}
+
+
+@router.get("/me", response_model=UserOut, responses=REGISTERED_ERRORS)
+async def me(user: CurrentUser) -> dict[str, str | None]:
+    return {"id": user.id, "username": user.username}
+
+
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut,
              responses={409: {"model": Message, "description": "Username already taken"}})
 async def register(body: UserCreate, store: StoreDep, auth: AuthDep, anonymous: OptionalAnonymous) -> dict[str, str]:
@@ -98,16 +108,6 @@ async def logout_all(user: CurrentUser, store: StoreDep) -> Response:
     """End every session of this account, on every device."""
     await store.end_all_sessions(user.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-@router.get("/list", response_model=UserList, responses=REGISTERED_ERRORS)
-async def list_users(_: CurrentUser, store: StoreDep) -> dict[str, list[dict[str, str]]]:
-    return {"users": [{"id": u.id, "username": u.username} for u in await store.list_users()]}
-
-
-@router.get("/me", response_model=UserOut, responses=REGISTERED_ERRORS)
-async def me(user: CurrentUser) -> dict[str, str | None]:
-    return {"id": user.id, "username": user.username}
 
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=REGISTERED_ERRORS)
