@@ -51,8 +51,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except StoreError as exc:
         log.error("Cannot start: %s", exc)
         raise
-    auth = AuthHandler(settings.secret, settings.bcrypt_rounds, settings.access_token_expire_minutes,
-                       settings.refresh_token_expire_days, settings.anonymous_token_expire_days)
+    auth = await asyncio.to_thread(  # it hashes a dummy password: not on the event loop
+        AuthHandler, settings.secret, settings.bcrypt_rounds, settings.access_token_expire_minutes,
+        settings.refresh_token_expire_days, settings.anonymous_token_expire_days)
     app.state.store, app.state.auth = store, auth
     await _maintain(store, settings)
     maintenance = asyncio.create_task(_maintain_periodically(store, settings))

@@ -311,9 +311,6 @@ class JournaledTables:
                     written += os.pwrite(fd, data[written:], self._journal_len() + written)
                 await asyncio.to_thread(os.fdatasync, fd)
                 self._publish(self._pos >> _LEN_BITS, self._journal_len() + len(data))
-            if self._journal_len() > max(COMPACT_MIN_BYTES, self._snapshot_size):
-                await asyncio.to_thread(self._fold)
-                self._after_fold()
         except BaseException:
             self._pos = -1  # memory may now differ from disk: reload before the next read
             raise
@@ -326,11 +323,28 @@ class JournaledTables:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+        if self._journal_len() > max(COMPACT_MIN_BYTES, self._snapshot_size):
+            await self._compact()
+
+    async def _compact(self) -> None:
+        """Fold the journal into the snapshot once it has outgrown it: amortised O(1) per write."""
+        await asyncio.to_thread(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._catch_up()
+            await asyncio.to_thread(self._fold)
+            self._after_fold()
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _open_journal(self, create: bool = True) -> int:
         if self._journal_fd is None:
-            flags = os.O_RDWR | (os.O_CREAT if create else 0)
-            self._journal_fd = os.open(self.journal_path, flags, 0o600)
+            try:
+                self._journal_fd = os.open(self.journal_path, os.O_RDWR)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                self._journal_fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT, 0o600)
+                _fsync_dir(self.path.parent)  # so the new file's name is durable too
         return self._journal_fd
 
     def _fold(self) -> None:

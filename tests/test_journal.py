@@ -1,0 +1,134 @@
+"""The store engine with real files: two ``JsonStore`` instances on one file behave like two
+workers (separate descriptors, so ``flock`` really excludes them), without starting processes."""
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import journal
+from store import JsonStore, StoreError, UsernameTaken
+
+pytestmark = pytest.mark.anyio
+HASH = "$2b$04$" + "a" * 53
+
+
+def opened(path: Path) -> JsonStore:
+    store = JsonStore(path)
+    store.open()
+    return store
+
+
+async def test_a_write_in_one_worker_is_seen_by_the_other(tmp_path: Path) -> None:
+    first, second = opened(tmp_path / "users.json"), opened(tmp_path / "users.json")
+    user = await first.add_user("marko", HASH)
+    second.refresh()
+    assert await second.get_user(user.id) == user
+    with pytest.raises(UsernameTaken):
+        await second.add_user("MARKO", HASH)
+
+
+async def test_concurrent_writers_have_one_winner_per_name(tmp_path: Path) -> None:
+    stores = [opened(tmp_path / "users.json") for _ in range(3)]
+    results = await asyncio.gather(*(s.add_user("same", HASH) for s in stores for _ in range(5)),
+                                   return_exceptions=True)
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    assert all(isinstance(r, UsernameTaken) for r in results if isinstance(r, Exception))
+
+
+async def test_compaction_folds_the_journal_and_other_workers_reload(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(journal, "COMPACT_MIN_BYTES", 2000)
+    path = tmp_path / "users.json"
+    writer, reader = opened(path), opened(path)
+    await asyncio.gather(*(writer.add_user(f"user{i}", HASH) for i in range(40)))
+    await writer.add_user("last", HASH)  # the first batch outgrew 2000 bytes: folded after it
+    snapshot = json.loads(path.read_text())
+    assert len(snapshot["users"]) >= 40
+    reader.refresh()
+    assert len(await reader.list_users()) == 41
+    await reader.add_user("from-reader", HASH)
+    writer.refresh()
+    assert await writer.find_user("from-reader") is not None
+
+
+async def test_clean_close_leaves_users_json_alone(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    store = opened(path)
+    await store.add_user("marko", HASH)
+    store.close()
+    assert not (tmp_path / "users.json.journal").exists()
+    assert [u["username"] for u in json.loads(path.read_text())["users"]] == ["marko"]
+
+
+async def test_a_torn_last_record_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    store = opened(path)
+    await store.add_user("kept", HASH)
+    journal_path = tmp_path / "users.json.journal"
+    with open(journal_path, "ab") as f:
+        f.write(b'["users","x",{"id":"x","usern')  # a crash mid-write
+    reopened = opened(path)
+    assert await reopened.find_user("kept") is not None
+    assert journal_path.read_bytes().endswith(b"\n")
+    await reopened.add_user("after", HASH)
+    assert await opened(path).find_user("after") is not None
+
+
+async def test_an_unpublished_tail_is_cut_by_the_next_writer(tmp_path: Path) -> None:
+    """Bytes past the published position were never acknowledged: the next writer drops them."""
+    path = tmp_path / "users.json"
+    first, second = opened(path), opened(path)
+    await first.add_user("one", HASH)
+    with open(tmp_path / "users.json.journal", "ab") as f:
+        f.write(b'["users","ghost",{"id":"ghost","username":"ghost","password":"x"}]\n["us')
+    await second.add_user("two", HASH)
+    assert await opened(path).find_user("ghost") is None
+    assert {u.username for u in await opened(path).list_users()} == {"one", "two"}
+
+
+@pytest.mark.parametrize("content", [b'{"users": [', b"[]", b'{"users": {}}', b'{"users": [{"id": 1}]}',
+                                     (b'{"users": [{"id": 1, "username": "a", "password": "x"},'
+                                      b' {"id": 2, "username": "A", "password": "y"}]}'), b"\xff\xfe"])
+async def test_a_broken_snapshot_is_refused_and_left_untouched(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "users.json"
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match=str(path)):
+        opened(path)
+    assert path.read_bytes() == content
+
+
+async def test_a_corrupt_journal_record_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    opened(path).close()
+    journal_path = tmp_path / "users.json.journal"
+    content = b'garbage\n["users","1",{"id":"1","username":"a","password":"x"}]\n'
+    journal_path.write_bytes(content)
+    with pytest.raises(StoreError, match="journal"):
+        opened(path)
+    assert journal_path.read_bytes() == content
+
+
+async def test_an_unreadable_store_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        path = tmp_path / "users.json"
+        path.mkdir()  # root reads any file; a directory in its place is unreadable as a file
+    else:
+        path = tmp_path / "users.json"
+        path.write_text('{"users": []}')
+        path.chmod(0)
+    with pytest.raises(StoreError, match=str(path)):
+        opened(path)
+
+
+async def test_the_books_file_loads_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    content = json.dumps({"users": [{"id": 1, "username": "marko", "password": HASH},
+                                    {"username": "ana", "password": HASH}]})
+    path.write_text(content)
+    store = opened(path)
+    assert (await store.find_user("marko")).id == "1"
+    ana = await store.find_user("ana")  # the book's entries may lack an id: a stable one is derived
+    assert ana is not None and ana.id == (await opened(path).find_user("ana")).id
+    assert path.read_text() == content
