@@ -5,6 +5,7 @@ Run it with ``uvicorn app:app`` (add ``--reload`` while developing, ``--workers 
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -13,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authentication import AuthHandler
@@ -134,4 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+try:
+    app = create_app()
+except ValidationError as exc:
+    log.error("Cannot start: invalid configuration: %s", exc)
+    sys.exit(3)  # uvicorn's "startup failed": a --workers supervisor stops instead of respawning
