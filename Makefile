@@ -7,13 +7,18 @@ SPA    := frontend/dist/index.html
 SPA_SRC := $(shell find frontend/src frontend/index.html frontend/package.json frontend/package-lock.json frontend/vite.config.js -type f 2>/dev/null)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench spa spa-if-npm chromium clean
+.PHONY: run test lint bench screenshot spa spa-if-npm chromium clean
 
 run: $(VENV)/.installed spa-if-npm
 	$(VENV)/bin/uvicorn app:app --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed-dev $(SPA) chromium
+	cd frontend && npm test
 	$(PY) -m pytest
+
+# The README's picture of the SPA, taken by the same browser the tests use.
+screenshot: $(VENV)/.installed-dev $(SPA) chromium
+	$(PY) tests/browser/make_screenshot.py
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -111,7 +112,9 @@ async def validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan,
+    swagger = settings.frontend_dir / "swagger"
+    self_hosted_docs = (swagger / "swagger-ui-bundle.js").is_file()
+    app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan, docs_url=None if self_hosted_docs else "/docs",
                   description="JWT authentication over a durable JSON user store, with anonymous sessions.")
     app.state.settings = settings
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
@@ -122,6 +125,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    if self_hosted_docs:  # Swagger UI's files from the SPA build (frontend/vite.config.js), not a CDN
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI",
+                                       swagger_js_url="/swagger/swagger-ui-bundle.js",
+                                       swagger_css_url="/swagger/swagger-ui.css",
+                                       swagger_favicon_url="/swagger/favicon-32x32.png")
 
     # Starlette tries routes in order, and each miss costs a few microseconds: hot routes first.
     app.include_router(users.router)

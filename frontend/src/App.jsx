@@ -1,0 +1,33 @@
+import { AuthProvider, useAuth } from "./AuthContext.jsx";
+import AuthForms from "./components/AuthForms.jsx";
+import Message from "./components/Message.jsx";
+import Shop from "./components/Shop.jsx";
+import Users from "./components/Users.jsx";
+
+function Account() {
+  const { user, checking } = useAuth();
+  if (checking) return <p className="card">Checking your session…</p>;
+  return (
+    <>
+      {!user && <AuthForms />}
+      <Users />
+    </>
+  );
+}
+
+export default function App() {
+  return (
+    <AuthProvider>
+      <header className="header">
+        <h1>JWT Auth Shop</h1>
+        <Message />
+      </header>
+      <main className="layout">
+        <div className="account">
+          <Account />
+        </div>
+        <Shop />
+      </main>
+    </AuthProvider>
+  );
+}

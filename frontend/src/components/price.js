@@ -1,0 +1,3 @@
+const currency = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
+
+export const formatPrice = (price) => currency.format(price);

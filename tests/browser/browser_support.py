@@ -1,0 +1,201 @@
+"""Shared by the browser tests and make_screenshot.py: a real uvicorn server, Chromium, UI steps.
+
+Nothing here is a test; conftest.py turns these helpers into fixtures.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import Browser, Locator, Page, Playwright, expect
+
+REPO = Path(__file__).resolve().parents[2]
+DIST_INDEX = REPO / "frontend" / "dist" / "index.html"
+BUILD_COMMAND = "npm --prefix frontend ci && npm --prefix frontend run build"
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+PASSWORD = "correct-horse-42"
+EXPIRED_MESSAGE = "Your session has expired or is invalid, please log in again."
+
+
+def unique_username(prefix: str = "u") -> str:
+    """A fresh valid username (3-15 characters), so tests can share one server."""
+    return f"{prefix}{secrets.token_hex(5)}"[:15]
+
+
+def require_dist() -> None:
+    if not DIST_INDEX.is_file():
+        raise RuntimeError(
+            f"{DIST_INDEX.relative_to(REPO)} is missing: the browser tests need the built SPA. "
+            f"Run `{BUILD_COMMAND}` from {REPO} first."
+        )
+
+
+# --- the server -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+    log_path: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_health(base_url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with code {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"uvicorn did not answer /health within {timeout} s:\n{log_path.read_text()}")
+
+
+@contextlib.contextmanager
+def run_server(**settings: str | float) -> Iterator[Server]:
+    """Start `uvicorn app:app` on a free loopback port with a temporary store; stop it afterwards.
+
+    Keyword arguments are extra environment settings, e.g. ACCESS_TOKEN_EXPIRE_MINUTES=0.05.
+    """
+    with tempfile.TemporaryDirectory(prefix="browser-tests-") as tmp:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "USERS_FILE": str(Path(tmp) / "users.json"),
+            "JWT_SECRET": secrets.token_urlsafe(48),
+            "BCRYPT_ROUNDS": "4",
+            "ACCESS_TOKEN_EXPIRE_MINUTES": "30",
+            "ANONYMOUS_LOGIN_RATE_LIMIT": "0",  # every test visits from 127.0.0.1
+            **{key: str(value) for key, value in settings.items()},
+        }
+        log_path = Path(tmp) / "uvicorn.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                base_url = f"http://127.0.0.1:{port}"
+                _wait_for_health(base_url, process, log_path)
+                yield Server(base_url, log_path)
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+# --- the browser --------------------------------------------------------------------------
+
+
+def launch_chromium(playwright: Playwright) -> Browser:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def storage(page: Page) -> dict[str, str | None]:
+    """The SPA's tokens in localStorage."""
+    return page.evaluate(
+        """() => Object.fromEntries(['jwt', 'refresh_token', 'anonymous_token']
+                 .map((key) => [key, localStorage.getItem(key)]))"""
+    )
+
+
+def jwt_claims(token: str) -> dict:
+    """The payload of a JWT, unverified (to read its exp)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+# --- UI steps -------------------------------------------------------------------------------
+
+
+def message(page: Page) -> Locator:
+    return page.get_by_role("status")
+
+
+def register(page: Page, username: str, password: str = PASSWORD) -> None:
+    """Open the Register form and submit it (the outcome is left to the caller to check)."""
+    expect(page.get_by_role("form")).to_be_visible()  # Login or Register, once the page is ready
+    form = page.get_by_role("form", name="Register")
+    if not form.is_visible():
+        page.get_by_role("button", name="Create an account").click()
+    form.get_by_label("Username").fill(username)
+    form.get_by_label("Password").fill(password)
+    form.get_by_role("button", name="Register", exact=True).click()
+
+
+def login(page: Page, username: str, password: str = PASSWORD) -> None:
+    expect(page.get_by_role("form")).to_be_visible()
+    form = page.get_by_role("form", name="Login")
+    if not form.is_visible():
+        page.get_by_role("button", name="I already have an account").click()
+    form.get_by_label("Username").fill(username)
+    form.get_by_label("Password").fill(password)
+    form.get_by_role("button", name="Login", exact=True).click()
+
+
+def register_and_login(page: Page, username: str, password: str = PASSWORD) -> None:
+    register(page, username, password)
+    expect(message(page)).to_have_text(f"Registered {username}, please log in")
+    login(page, username, password)
+    expect(message(page)).to_have_text(f"Logged in as {username}")
+    expect(page.get_by_test_id("current-user")).to_have_text(username)
+
+
+def catalogue_loaded(page: Page) -> None:
+    expect(page.get_by_test_id("item-1")).to_be_visible()
+    expect(page.locator(".shop")).to_have_attribute("aria-busy", "false")
+
+
+def add_to_cart(page: Page, item_id: int) -> None:
+    page.get_by_test_id(f"item-{item_id}").get_by_role("button", name="Add to cart").click()
+
+
+def expect_cart(page: Page, quantities: dict[int, int]) -> None:
+    """The cart shows exactly these items with these quantities."""
+    rows = page.get_by_role("list", name="Cart items").get_by_role("listitem")
+    expect(rows).to_have_count(len(quantities))
+    for item_id, quantity in quantities.items():
+        expect(page.get_by_test_id(f"cart-item-{item_id}").get_by_test_id("quantity")).to_have_text(f"× {quantity}")
