@@ -9,7 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -102,6 +102,18 @@ async def _too_large(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def include_flat(app: FastAPI, router: APIRouter) -> None:
+    """``app.include_router(router)``, but with the routes added to the app itself.
+
+    Since FastAPI 0.137 an included router stays a node of its own, and every request to one of
+    its routes is matched twice (~20 us here, a sixth of a ``/users/me``). Our routers set their
+    prefix and tags on the ``APIRouter`` and take no include-time options, so their routes can
+    join the app's list as they are; this runs before the app serves, when FastAPI has not yet
+    cached its route table.
+    """
+    app.router.routes.extend(router.routes)
+
+
 async def validation_error(_: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 shape without echoing the input: it may hold a password, or text that
     cannot even be encoded back (a lone surrogate)."""
@@ -135,10 +147,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        swagger_css_url="/swagger/swagger-ui.css",
                                        swagger_favicon_url="/swagger/favicon-32x32.png")
 
-    # Starlette tries routes in order, and each miss costs a few microseconds: hot routes first.
-    app.include_router(users.router)
-    app.include_router(shop.router)
-    app.include_router(anonymous.router)
+    # Routes are tried in order and each miss costs microseconds: hot routes first.
+    for router in (users.router, shop.router, anonymous.router):
+        include_flat(app, router)
 
     if (settings.frontend_dir / "index.html").is_file():
         app.mount("/", StaticFiles(directory=settings.frontend_dir, html=True), name="spa")
