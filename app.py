@@ -66,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         maintenance.cancel()
         with suppress(asyncio.CancelledError):
             await maintenance
+        await store.drain()
         store.close()
         auth.close()
 
@@ -129,9 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan, docs_url=None if self_hosted_docs else "/docs",
                   description="JWT authentication over a durable JSON user store, with anonymous sessions.")
     app.state.settings = settings
+    app.add_middleware(BodyLimit)  # inside CORS, so a browser can read its 413
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
-    app.add_middleware(BodyLimit)
     app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.get("/health", tags=["meta"])

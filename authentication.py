@@ -66,6 +66,14 @@ class AuthHandler:
         ok = await loop.run_in_executor(self._pool, self._verify, password, hashed or self._dummy_hash)
         return ok and hashed is not None
 
+    def needs_rehash(self, hashed: str) -> bool:
+        """True for a hash made at another cost: rehashed at login, so that every account (and
+        the dummy hash of unknown users) costs the same time to check."""
+        try:
+            return self.pwd_context.needs_update(hashed)
+        except (ValueError, TypeError):
+            return False
+
     def _verify(self, password: str, hashed: str) -> bool:
         try:
             return self.pwd_context.verify(password, hashed)

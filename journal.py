@@ -4,9 +4,10 @@ Files, for a store at ``users.json``:
 
 - ``users.json``: the snapshot, ``{"users": [...], "<table>": {key: value}, ...}``. ``users`` is a
   list, as in the book, so a file the book's example wrote loads unchanged and people can read it.
-- ``users.json.journal``: changes made since the snapshot, one JSON line each:
-  ``["table", "key", value]`` (``null`` deletes). A write appends to it instead of rewriting the
-  whole snapshot, so its cost does not grow with the store.
+- ``users.json.journal``: changes made since the snapshot, one JSON line per transaction:
+  ``[["table", "key", value], ...]`` (``null`` deletes). A write appends to it instead of
+  rewriting the whole snapshot, so its cost does not grow with the store; a line is all of a
+  transaction or, torn by a crash, none of it.
 - ``users.json.lock``: writers hold an ``flock`` on it; its first 8 bytes, shared through ``mmap``,
   are the commit position (``epoch << 40 | committed journal length``). Reading them costs
   nanoseconds, so every request can check whether another worker has written.
@@ -20,8 +21,10 @@ instant loses nothing that was acknowledged.
 
 When the journal outgrows the snapshot (so the cost stays amortised O(1) per write) and on a clean
 stop, the state is folded into a new snapshot (temp file, ``fsync``, ``os.replace``, directory
-``fsync``), the journal is removed and the epoch bumped; other workers then reload. A snapshot or
-journal that cannot be read stops the service with a message naming the file; it is never
+``fsync``), the journal is removed and the epoch bumped; other workers then reload. Records hold
+whole values, so replaying a journal over a snapshot that already contains it (a crash between
+the rename and the removal) changes nothing; indexes are rebuilt from the final state. A snapshot
+or journal that cannot be read stops the service with a message naming the file; it is never
 overwritten.
 """
 
@@ -31,6 +34,7 @@ import json
 import mmap
 import os
 import struct
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,8 @@ class StoreError(RuntimeError):
     """The store's files cannot be used; the message names the file and the problem."""
 
 
-def _encode(change: Change) -> bytes:
-    return (json.dumps(change, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+def _encode(changes: list[Change]) -> bytes:
+    return (json.dumps(changes, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -63,8 +67,9 @@ def _fsync_dir(path: Path) -> None:
 class JournaledTables:
     """Tables of JSON documents (``tables[name][key]``), durable and shared across processes.
 
-    ``on_change(table, key, old, new)`` keeps the caller's indexes in step; ``on_reset()`` is
-    called before a full (re)load. Reads use ``tables`` directly after ``refresh()``.
+    ``on_change(table, key, old, new)`` keeps the caller's indexes in step (it may raise
+    ``ValueError`` for data that breaks them); ``on_reset()`` precedes a rebuild of them after a
+    full (re)load. Reads use ``tables`` directly after ``refresh()``.
     """
 
     def __init__(
@@ -90,17 +95,18 @@ class JournaledTables:
         self._snapshot_size = 0
         self._pending: list[tuple[Transaction, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- opening and closing (blocking; called from the lifespan) -------------------------------
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        if os.fstat(self._lock_fd).st_size < _POS.size:
-            os.pwrite(self._lock_fd, bytes(_POS.size), 0)  # only grows a new file; harmless if raced
-        self._shared = mmap.mmap(self._lock_fd, _POS.size)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
+            if os.fstat(self._lock_fd).st_size < _POS.size:  # a new lock file: position 0
+                os.pwrite(self._lock_fd, bytes(_POS.size), 0)
+            self._shared = mmap.mmap(self._lock_fd, _POS.size)
             if not self.path.exists():
                 self._write_snapshot()
                 _fsync_dir(self.path.parent)
@@ -109,6 +115,12 @@ class JournaledTables:
             self._publish(epoch, self._journal_len())
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    async def drain(self) -> None:
+        """Refuse new transactions and wait for the queued ones (before ``close``)."""
+        self._closing = True
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
 
     def close(self) -> None:
         """Fold the journal into the snapshot, so that a stopped service is ``users.json`` alone."""
@@ -155,11 +167,15 @@ class JournaledTables:
             data = os.pread(self._open_journal(create=False), end - start, start) if end > start else b""
         except FileNotFoundError:
             data = b""
-        if len(data) < end - start:  # the journal was compacted away under us
-            self._load(recover=False)
+        if len(data) < end - start or self._published() >> _LEN_BITS != target >> _LEN_BITS:
+            self._load(recover=False)  # compacted while we read: what we read may be another journal
             return
-        for change in self._parse(data, start, torn_tail_ok=False):
-            self._apply(*change)
+        changes, _ = self._parse(data, start, recover=False)
+        try:
+            for change in changes:
+                self._apply(*change)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{self.journal_path}: a record breaks the store ({exc})") from exc
         self._pos = target
 
     def _load(self, recover: bool) -> None:
@@ -167,7 +183,6 @@ class JournaledTables:
         read is validated against the published position and retried if a compaction raced it."""
         while True:
             before = self._published()
-            self._on_reset()
             self.tables = {name: {} for name in self.names}
             self._read_snapshot()
             if self._journal_fd is not None:
@@ -175,23 +190,35 @@ class JournaledTables:
                 self._journal_fd = None
             data = self._read_journal()
             if recover:
-                changes = self._parse(data, 0, torn_tail_ok=True)
-                valid = data.rfind(b"\n") + 1
-                if valid < len(data):
+                changes, valid = self._parse(data, 0, recover=True)
+                if valid < len(data):  # a torn tail: never acknowledged
                     os.ftruncate(self._open_journal(), valid)
                     os.fsync(self._open_journal())
-                for change in changes:
-                    self._apply(*change)
                 self._pos = ((before >> _LEN_BITS) << _LEN_BITS) | valid
-                return
-            length = before & _LEN_MASK
-            if len(data) < length or self._published() >> _LEN_BITS != before >> _LEN_BITS:
-                continue  # a compaction ran while we read; read again
-            for change in self._parse(data[:length], 0, torn_tail_ok=False):
-                self._apply(*change)
-            self._pos = before
-            self._catch_up()
+            else:
+                length = before & _LEN_MASK
+                if len(data) < length or self._published() >> _LEN_BITS != before >> _LEN_BITS:
+                    continue  # a compaction ran while we read; read again
+                changes, _ = self._parse(data[:length], 0, recover=False)
+                self._pos = before
+            for table, key, value in changes:
+                if value is None:
+                    self.tables[table].pop(key, None)
+                else:
+                    self.tables[table][key] = value
+            self._reindex()
+            if not recover:
+                self._catch_up()
             return
+
+    def _reindex(self) -> None:
+        self._on_reset()
+        for name, rows in self.tables.items():
+            for key, value in rows.items():
+                try:
+                    self._on_change(name, key, None, value)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise StoreError(f"{self.path}: bad entry in \"{name}\": {exc}") from exc
 
     def _read_snapshot(self) -> None:
         try:
@@ -210,16 +237,16 @@ class JournaledTables:
             if name in self.list_tables:
                 if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                     raise StoreError(f"{self.path}: \"{name}\" must be a list of objects")
-                items: Iterable[tuple[str, Any]] = ((self._list_key(v), v) for v in value)
+                try:
+                    self.tables[name] = {self._list_key(v): v for v in value}
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise StoreError(f"{self.path}: bad entry in \"{name}\": missing {exc}") from exc
+                if len(self.tables[name]) != len(value):
+                    raise StoreError(f"{self.path}: duplicate ids in \"{name}\"")
             elif isinstance(value, dict):
-                items = value.items()
+                self.tables[name] = value
             else:
                 raise StoreError(f"{self.path}: \"{name}\" must be an object")
-            for key, item in items:
-                try:
-                    self._apply(name, key, item)
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise StoreError(f"{self.path}: bad entry in \"{name}\": {exc}") from exc
 
     def _read_journal(self) -> bytes:
         try:
@@ -229,23 +256,41 @@ class JournaledTables:
         size = os.fstat(fd).st_size
         return os.pread(fd, size, 0)
 
-    def _parse(self, data: bytes, offset: int, torn_tail_ok: bool) -> list[Change]:
+    def _parse(self, data: bytes, offset: int, recover: bool) -> tuple[list[Change], int]:
+        """The changes in ``data`` and the length of its valid part. With ``recover``, whatever
+        follows the last readable line (a torn or zero-filled tail after a crash) is not valid;
+        an unreadable line with readable ones after it is corruption, always."""
         lines = data.split(b"\n")
-        if lines[-1] and not torn_tail_ok:
+        if lines[-1] and not recover:
             raise StoreError(f"{self.journal_path}: journal ends mid-record at byte {offset + len(data)}")
         changes: list[Change] = []
-        pos = offset
-        for line in lines[:-1]:
+        pos = 0
+        for i, line in enumerate(lines[:-1]):
             try:
-                table, key, value = json.loads(line)
-                if table not in self.tables or not isinstance(key, str):
-                    raise ValueError("unknown table or key")
+                changes += self._decode(line)
             except (ValueError, TypeError) as exc:
-                raise StoreError(f"{self.journal_path}: corrupt record at byte {pos}; "
+                if recover and not any(self._decodes(rest) for rest in lines[i + 1:-1]):
+                    break
+                raise StoreError(f"{self.journal_path}: corrupt record at byte {offset + pos}; "
                                  "fix or move the file, it is left untouched") from exc
-            changes.append((table, key, value))
             pos += len(line) + 1
-        return changes
+        return changes, pos
+
+    def _decode(self, line: bytes) -> list[Change]:
+        changes = json.loads(line)
+        if not isinstance(changes, list):
+            raise TypeError("not a list of changes")
+        for table, key, _ in changes:
+            if table not in self.tables or not isinstance(key, str):
+                raise ValueError("unknown table or key")
+        return [tuple(change) for change in changes]  # type: ignore[misc]
+
+    def _decodes(self, line: bytes) -> bool:
+        try:
+            self._decode(line)
+        except (ValueError, TypeError):
+            return False
+        return True
 
     def _apply(self, table: str, key: str, value: Any) -> None:
         rows = self.tables[table]
@@ -264,6 +309,8 @@ class JournaledTables:
         The transaction reads ``tables`` and returns ``(result, changes)``; an exception it raises
         reaches the caller and changes nothing.
         """
+        if self._closing:
+            raise RuntimeError("the store is closing")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((transaction, future))
         if self._flusher is None:
@@ -302,7 +349,8 @@ class JournaledTables:
                     continue
                 for change in changes:
                     self._apply(*change)
-                    lines.append(_encode(change))
+                if changes:
+                    lines.append(_encode(changes))
                 outcomes.append((future, result, None))
             if lines:
                 data = b"".join(lines)
@@ -361,7 +409,7 @@ class JournaledTables:
         self._publish(((self._pos >> _LEN_BITS) + 1) & 0xFFFFFF, 0)
 
     def _write_snapshot(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         size = 0
         try:

@@ -8,6 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 USERNAME_RE = re.compile(r"[\w.-]{3,15}")
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit: longer passwords are refused, never silently truncated
+MAX_QUANTITY = 1000
 
 
 def normalize_username(username: str) -> str:
@@ -106,7 +107,7 @@ class Cart(BaseModel):
 
 
 class Quantity(Strict):
-    quantity: int = Field(ge=1, le=1000)
+    quantity: int = Field(ge=1, le=MAX_QUANTITY)
 
 
 class Message(BaseModel):

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from authentication import ANONYMOUS_PREFIX
 from journal import Change, JournaledTables, StoreError
-from models import normalize_username
+from models import MAX_QUANTITY, normalize_username
 
-__all__ = ["JsonStore", "RateLimited", "Store", "StoreError", "User", "UsernameTaken"]
+__all__ = ["JsonStore", "RateLimited", "Store", "StoreError", "UnknownOwner", "User", "UsernameTaken"]
 
 TABLES = ("users", "anonymous", "carts", "sessions", "login_failures", "anonymous_logins")
 ACTIVITY_GRANULARITY = 60.0  # seconds: record an anonymous visitor's activity at most this often
@@ -26,6 +26,10 @@ ACTIVITY_GRANULARITY = 60.0  # seconds: record an anonymous visitor's activity a
 
 class UsernameTaken(Exception):
     pass
+
+
+class UnknownOwner(Exception):
+    """The cart's owner is gone (an upgraded or purged visitor, a deleted account)."""
 
 
 class RateLimited(Exception):
@@ -54,16 +58,16 @@ class Store(Protocol):
     async def get_cart(self, owner: str) -> dict[int, int]: ...
     async def set_cart_item(self, owner: str, item_id: int, quantity: int) -> dict[int, int]: ...
     async def remove_cart_item(self, owner: str, item_id: int) -> dict[int, int]: ...
-    async def merge_anonymous(self, anonymous_id: str, user_id: str) -> None: ...
-    async def start_session(self, user_id: str, refresh_jti: str, expires_at: float) -> str: ...
+    async def begin_login(self, username: str, max_failures: int, window: float) -> None: ...
+    async def complete_login(self, user: User, refresh_jti: str, expires_at: float,
+                             merge_from: str | None = None) -> str: ...
+    async def set_password(self, user_id: str, password_hash: str) -> None: ...
     async def session_valid(self, session_id: str, user_id: str) -> bool: ...
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
                              expires_at: float) -> bool: ...
     async def end_session(self, session_id: str) -> None: ...
     async def end_all_sessions(self, user_id: str) -> None: ...
     async def prune(self) -> None: ...
-    async def login_locked(self, username: str, max_failures: int, window: float) -> float: ...
-    async def record_login(self, username: str, success: bool, window: float) -> None: ...
 
 
 def _legacy_id(doc: dict[str, Any]) -> str:
@@ -89,6 +93,9 @@ class JsonStore:
     def open(self) -> None:
         self._db.open()
 
+    async def drain(self) -> None:
+        await self._db.drain()
+
     def close(self) -> None:
         self._db.close()
 
@@ -103,7 +110,9 @@ class JsonStore:
         if table != "users":
             return
         if old is not None:
-            self._by_name.pop(normalize_username(str(old["username"])), None)
+            name = normalize_username(str(old["username"]))
+            if self._by_name.get(name) == key:
+                del self._by_name[name]
             self._users.pop(key, None)
         if new is not None:
             username, password = new["username"], new["password"]
@@ -207,8 +216,14 @@ class JsonStore:
     async def get_cart(self, owner: str) -> dict[int, int]:
         return {int(k): v for k, v in self.t["carts"].get(owner, {}).items()}
 
+    def _check_owner(self, owner: str) -> None:
+        """Under the lock: a visitor upgraded or purged since its token was checked owns nothing."""
+        if owner not in self.t["anonymous"] and owner not in self._users:
+            raise UnknownOwner(owner)
+
     async def set_cart_item(self, owner: str, item_id: int, quantity: int) -> dict[int, int]:
         def tx() -> tuple[None, list[Change]]:
+            self._check_owner(owner)
             cart = {**self.t["carts"].get(owner, {}), str(item_id): quantity}
             return None, [("carts", owner, cart)]
 
@@ -218,6 +233,7 @@ class JsonStore:
     async def remove_cart_item(self, owner: str, item_id: int) -> dict[int, int]:
         """Raises ``KeyError`` when the item is not in the cart."""
         def tx() -> tuple[None, list[Change]]:
+            self._check_owner(owner)
             cart = dict(self.t["carts"].get(owner, {}))
             del cart[str(item_id)]
             return None, [("carts", owner, cart or None)]
@@ -230,23 +246,13 @@ class JsonStore:
             return []
         merged = dict(self.t["carts"].get(user_id, {}))
         for item, quantity in self.t["carts"].get(anonymous_id, {}).items():
-            merged[item] = merged.get(item, 0) + quantity
+            merged[item] = min(merged.get(item, 0) + quantity, MAX_QUANTITY)
         changes: list[Change] = [("anonymous", anonymous_id, None)]
         if anonymous_id in self.t["carts"]:
             changes += [("carts", anonymous_id, None), ("carts", user_id, merged)]
         return changes
 
-    async def merge_anonymous(self, anonymous_id: str, user_id: str) -> None:
-        """Move a visitor's cart into an account (summing quantities) and end the visitor."""
-        await self._transact(lambda: (None, self._merge_changes(anonymous_id, user_id)))
-
     # -- login sessions (a refresh-token family) -----------------------------------------------
-
-    async def start_session(self, user_id: str, refresh_jti: str, expires_at: float) -> str:
-        session_id = uuid.uuid4().hex
-        doc = {"user_id": user_id, "jti": refresh_jti, "expires_at": expires_at}
-        await self._transact(lambda: (session_id, [("sessions", session_id, doc)]))
-        return session_id
 
     async def session_valid(self, session_id: str, user_id: str) -> bool:
         session = self.t["sessions"].get(session_id)
@@ -286,27 +292,45 @@ class JsonStore:
 
         await self._transact(tx)
 
-    # -- brute-force throttling ----------------------------------------------------------------
+    # -- logging in: brute-force throttling, then a session ---------------------------------
 
-    async def login_locked(self, username: str, max_failures: int, window: float) -> float:
-        """Seconds until ``username`` may try again; 0 when it may now."""
-        entry = self.t["login_failures"].get(normalize_username(username))
-        if entry is None or entry["count"] < max_failures:
-            return 0.0
-        return max(0.0, entry["until"] - time.time())
-
-    async def record_login(self, username: str, success: bool, window: float) -> None:
+    async def begin_login(self, username: str, max_failures: int, window: float) -> None:
+        """Count the attempt before the password is checked, so concurrent guesses cannot slip
+        past the limit; raises ``RateLimited`` once ``username`` has used its attempts. Unknown
+        usernames count the same way, so a 429 does not tell whether an account exists."""
         key = normalize_username(username)
 
         def tx() -> tuple[None, list[Change]]:
-            entry = self.t["login_failures"].get(key)
-            if success:
-                return None, [("login_failures", key, None)] if entry else []
             now = time.time()
+            entry = self.t["login_failures"].get(key)
             if entry is None or entry["until"] < now:
                 entry = {"count": 0, "until": now + window}
+            if entry["count"] >= max_failures:
+                raise RateLimited(entry["until"] - now)
             return None, [("login_failures", key, {"count": entry["count"] + 1, "until": entry["until"]})]
 
-        if success and key not in self.t["login_failures"]:
-            return
+        await self._transact(tx)
+
+    async def complete_login(self, user: User, refresh_jti: str, expires_at: float,
+                             merge_from: str | None = None) -> str:
+        """One transaction: reset the attempts, move a visitor's cart in, start a session."""
+        session_id = uuid.uuid4().hex
+
+        def tx() -> tuple[str, list[Change]]:
+            if user.id not in self._users:
+                raise UnknownOwner(user.id)
+            key = normalize_username(user.username)
+            changes: list[Change] = [("login_failures", key, None)] if key in self.t["login_failures"] else []
+            if merge_from:
+                changes += self._merge_changes(merge_from, user.id)
+            doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at}
+            return session_id, [*changes, ("sessions", session_id, doc)]
+
+        return await self._transact(tx)
+
+    async def set_password(self, user_id: str, password_hash: str) -> None:
+        def tx() -> tuple[None, list[Change]]:
+            doc = self.t["users"].get(user_id)
+            return None, [("users", user_id, {**doc, "password": password_hash})] if doc else []
+
         await self._transact(tx)

@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter, HTTPException, status
 
-from deps import AUTH_ERRORS, CurrentIdentity, StoreDep
+from deps import AUTH_ERRORS, CurrentIdentity, StoreDep, unauthorized
 from models import Cart, Catalogue, Item, Message, Quantity
+from store import UnknownOwner
 
 router = APIRouter(tags=["shop"])
 
@@ -23,6 +24,7 @@ def _cart(cart: dict[int, int]) -> dict[str, list[dict[str, int]]]:
     return {"items": [{"item_id": item_id, "quantity": quantity} for item_id, quantity in sorted(cart.items())]}
 
 
+@router.get("/items", response_model=Catalogue, responses=AUTH_ERRORS, include_in_schema=False)
 @router.get("/items/", response_model=Catalogue, responses=AUTH_ERRORS)
 async def list_items(identity: CurrentIdentity) -> dict[str, object]:
     name = "anonymous visitor" if identity.anonymous else identity.username
@@ -40,7 +42,10 @@ async def put_cart_item(item_id: int, body: Quantity, identity: CurrentIdentity,
     """Set the quantity of an item in the caller's cart."""
     if item_id not in CATALOGUE:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"Item {item_id} does not exist")
-    return _cart(await store.set_cart_item(identity.id, item_id, body.quantity))
+    try:
+        return _cart(await store.set_cart_item(identity.id, item_id, body.quantity))
+    except UnknownOwner:  # upgraded or purged since its token was checked
+        raise unauthorized("Invalid token") from None
 
 
 @router.delete("/cart/items/{item_id}", response_model=Cart,
@@ -50,4 +55,6 @@ async def delete_cart_item(item_id: int, identity: CurrentIdentity, store: Store
         cart = await store.remove_cart_item(identity.id, item_id)
     except KeyError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"Item {item_id} is not in the cart") from None
+    except UnknownOwner:
+        raise unauthorized("Invalid token") from None
     return _cart(cart)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 from authentication import AuthHandler, TokenError
 from deps import AUTH_ERRORS, REGISTERED_ERRORS, AuthDep, CurrentUser, OptionalAnonymous, SettingsDep, StoreDep
 from models import LoginRequest, LogoutRequest, Message, RefreshRequest, TokenOut, UserCreate, UserList, UserOut
-from store import User, UsernameTaken
+from store import RateLimited, UnknownOwner, User, UsernameTaken
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -56,19 +56,22 @@ async def register(body: UserCreate, store: StoreDep, auth: AuthDep, anonymous: 
 async def login(body: LoginRequest, store: StoreDep, auth: AuthDep, settings: SettingsDep,
                 anonymous: OptionalAnonymous) -> dict[str, Any]:
     """Trade a username and password for an access token and a refresh token."""
-    wait = await store.login_locked(body.username, settings.login_max_failures, settings.login_lockout_seconds)
-    if wait:
+    try:
+        await store.begin_login(body.username, settings.login_max_failures, settings.login_lockout_seconds)
+    except RateLimited as exc:
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "Too many failed login attempts; try again later",
-                            headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+                            headers={"Retry-After": str(exc.retry_after)}) from None
     user = await store.find_user(body.username)
-    ok = await auth.verify_password(body.password, user.password if user else None)
-    await store.record_login(body.username, ok, settings.login_lockout_seconds)
-    if not ok or user is None:
+    verified = await auth.verify_password(body.password, user.password if user else None)  # always hashes
+    if user is None or not verified:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN)
-    if anonymous:
-        await store.merge_anonymous(anonymous, user.id)
+    if auth.needs_rehash(user.password):  # BCRYPT_ROUNDS changed: keep every hash at one cost
+        await store.set_password(user.id, await auth.get_password_hash(body.password))
     jti = uuid.uuid4().hex
-    session_id = await store.start_session(user.id, jti, time.time() + auth.refresh_seconds)
+    try:
+        session_id = await store.complete_login(user, jti, time.time() + auth.refresh_seconds, merge_from=anonymous)
+    except UnknownOwner:  # deleted while its password was being checked
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN) from None
     return _tokens(auth, user, session_id, jti)
 
 

@@ -1,5 +1,6 @@
 """Anonymous visitors: their token, their cart, and the upgrade into an account."""
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -146,3 +147,28 @@ async def test_anonymous_login_rate_limit(tmp_path: Path) -> None:
 async def test_rate_limit_zero_disables(tmp_path: Path) -> None:
     async for client in running(make_settings(tmp_path, anonymous_login_rate_limit=0)):
         assert all([(await client.post("/anonymous-login")).status_code == 200 for _ in range(120)])
+
+
+async def test_merged_quantities_are_capped(client: Client) -> None:
+    owner = bearer(await client.token_for("marko", "marko123"))
+    await client.put("/cart/items/1", json={"quantity": 900}, headers=owner)
+    anonymous = await client.anonymous()
+    await client.put("/cart/items/1", json={"quantity": 900}, headers=bearer(anonymous))
+    await client.login("marko", "marko123", token=anonymous)
+    assert (await client.get("/cart", headers=owner)).json() == {"items": [{"item_id": 1, "quantity": 1000}]}
+
+
+async def test_a_cart_write_for_a_visitor_gone_meanwhile_is_401(client: Client) -> None:
+    """The token was valid when checked, but the visitor was upgraded before the write ran."""
+    anonymous = await client.anonymous()
+    subject = jwt.decode(anonymous, options={"verify_signature": False})["sub"]
+    put = asyncio.ensure_future(client.put("/cart/items/1", json={"quantity": 1}, headers=bearer(anonymous)))
+    register = asyncio.ensure_future(client.register("ana", "password123", token=anonymous))
+    responses = await asyncio.gather(put, register)
+    assert responses[1].status_code == 201
+    assert responses[0].status_code in (200, 401)
+    assert subject not in client.app.state.store.t["carts"]  # type: ignore[attr-defined]
+
+
+async def test_items_without_the_trailing_slash(client: Client) -> None:
+    assert (await client.get("/items", headers=bearer(await client.anonymous()))).status_code == 200

@@ -77,3 +77,10 @@ async def test_cors_preflight_from_the_spa_dev_server(client: Client) -> None:
     refused = await client.options("/users/login", headers={
         "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_a_413_carries_cors_headers_so_the_spa_can_read_it(client: Client) -> None:
+    response = await client.post("/users/register", content=b"x" * (128 * 1024),
+                                 headers={**JSON, "Origin": "http://localhost:5173"})
+    assert response.status_code == 413
+    assert response.headers["access-control-allow-origin"] == "http://localhost:5173"

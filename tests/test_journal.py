@@ -68,7 +68,7 @@ async def test_a_torn_last_record_is_cut_and_the_rest_kept(tmp_path: Path) -> No
     await store.add_user("kept", HASH)
     journal_path = tmp_path / "users.json.journal"
     with open(journal_path, "ab") as f:
-        f.write(b'["users","x",{"id":"x","usern')  # a crash mid-write
+        f.write(b'[["users","x",{"id":"x","usern')  # a crash mid-write
     reopened = opened(path)
     assert await reopened.find_user("kept") is not None
     assert journal_path.read_bytes().endswith(b"\n")
@@ -82,7 +82,7 @@ async def test_an_unpublished_tail_is_cut_by_the_next_writer(tmp_path: Path) -> 
     first, second = opened(path), opened(path)
     await first.add_user("one", HASH)
     with open(tmp_path / "users.json.journal", "ab") as f:
-        f.write(b'["users","ghost",{"id":"ghost","username":"ghost","password":"x"}]\n["us')
+        f.write(b'[["users","ghost",{"id":"ghost","username":"ghost","password":"x"}]]\n[["us')
     await second.add_user("two", HASH)
     assert await opened(path).find_user("ghost") is None
     assert {u.username for u in await opened(path).list_users()} == {"one", "two"}
@@ -103,7 +103,7 @@ async def test_a_corrupt_journal_record_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "users.json"
     opened(path).close()
     journal_path = tmp_path / "users.json.journal"
-    content = b'garbage\n["users","1",{"id":"1","username":"a","password":"x"}]\n'
+    content = b'garbage\n[["users","1",{"id":"1","username":"a","password":"x"}]]\n'
     journal_path.write_bytes(content)
     with pytest.raises(StoreError, match="journal"):
         opened(path)
@@ -132,3 +132,67 @@ async def test_the_books_file_loads_unchanged(tmp_path: Path) -> None:
     ana = await store.find_user("ana")  # the book's entries may lack an id: a stable one is derived
     assert ana is not None and ana.id == (await opened(path).find_user("ana")).id
     assert path.read_text() == content
+
+
+async def test_a_crash_between_snapshot_and_journal_removal_replays_harmlessly(tmp_path: Path) -> None:
+    """The journal is replayed over a snapshot that already holds it: same final state, even when
+    a name was freed and taken again in between (an index check per record would refuse it)."""
+    path = tmp_path / "users.json"
+    store = opened(path)
+    first = await store.add_user("marko", HASH)
+    await store.delete_user(first.id)
+    second = await store.add_user("marko", HASH)
+    store._db._write_snapshot()  # the fold's first half; the "crash" leaves the journal behind
+    assert (tmp_path / "users.json.journal").exists()
+    reopened = opened(path)
+    assert [u.id for u in await reopened.list_users()] == [second.id]
+
+
+async def test_a_torn_transaction_is_all_or_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    store = opened(path)
+    visitor = await store.add_anonymous("client", 0)
+    await store.set_cart_item(visitor, 1, 3)
+    user = await store.add_user("ana", HASH, merge_from=visitor)
+    journal_path = tmp_path / "users.json.journal"
+    data = journal_path.read_bytes()
+    journal_path.write_bytes(data[:-20])  # the last transaction (register + merge) lost its end
+    reopened = opened(path)
+    assert await reopened.get_user(user.id) is None
+    assert await reopened.anonymous_exists(visitor)
+    assert await reopened.get_cart(visitor) == {1: 3}
+
+
+async def test_a_zero_filled_tail_is_a_crash_not_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    store = opened(path)
+    await store.add_user("kept", HASH)
+    with open(tmp_path / "users.json.journal", "ab") as f:
+        f.write(bytes(4096) + b"\n")  # what a power loss can leave in a page that was not written
+    assert await opened(path).find_user("kept") is not None
+
+
+async def test_drain_then_close_waits_for_queued_writes(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(journal, "COMPACT_MIN_BYTES", 1)  # every commit compacts: the racy case
+    path = tmp_path / "users.json"
+    store = opened(path)
+    writes = [asyncio.ensure_future(store.add_user(f"user{i}", HASH)) for i in range(30)]
+    await asyncio.sleep(0)
+    await store.drain()
+    store.close()
+    assert all(w.done() and not w.exception() for w in writes)
+    assert len(json.loads(path.read_text())["users"]) == 30
+    assert not (tmp_path / "users.json.journal").exists()
+    with pytest.raises(RuntimeError):
+        await store.add_user("late", HASH)
+
+
+async def test_no_cart_for_an_owner_that_is_gone(tmp_path: Path) -> None:
+    from store import UnknownOwner
+
+    store = opened(tmp_path / "users.json")
+    visitor = await store.add_anonymous("client", 0)
+    await store.add_user("ana", HASH, merge_from=visitor)  # the visitor is upgraded
+    with pytest.raises(UnknownOwner):
+        await store.set_cart_item(visitor, 1, 1)
+    assert visitor not in store.t["carts"]

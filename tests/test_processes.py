@@ -103,14 +103,15 @@ def usernames_in(store: Path) -> list[str]:
 
 
 def parse_journal(store: Path) -> list[list[Any]]:
-    """The complete records of a journal (a torn last line, cut by a crash, is allowed)."""
+    """The changes in a journal's complete lines, one line per transaction (a torn last line,
+    cut by a crash, is allowed)."""
     journal = journal_of(store)
     if not journal.exists():
         return []
     *complete, _torn_tail = journal.read_bytes().split(b"\n")
-    records = [json.loads(line) for line in complete]
-    assert all(isinstance(r, list) and len(r) == 3 for r in records), records
-    return records
+    changes = [change for line in complete for change in json.loads(line)]
+    assert all(isinstance(c, list) and len(c) == 3 for c in changes), changes
+    return changes
 
 
 def bcrypt_hash(password: str) -> str:
@@ -292,8 +293,8 @@ def test_corrupt_journal_record_refuses_to_start(store: Path) -> None:
     """A garbage line in the middle of the journal is damage, not a torn write: refuse to start,
     name the journal, touch neither file."""
     snapshot = b'{"users": []}\n'
-    record = json.dumps(["users", "u1", {"id": "u1", "username": "alice", "password": bcrypt_hash(PASSWORD)}])
-    journal = b'["users", "u0", {"id": "u0", "usern\xff garbage\n' + record.encode() + b"\n"
+    record = json.dumps([["users", "u1", {"id": "u1", "username": "alice", "password": bcrypt_hash(PASSWORD)}]])
+    journal = b'[["users", "u0", {"id": "u0", "usern\xff garbage\n' + record.encode() + b"\n"
     store.write_bytes(snapshot)
     journal_of(store).write_bytes(journal)
     server = Server(store).launch()
@@ -307,7 +308,7 @@ def test_torn_last_journal_line_is_a_crash_not_corruption(store: Path) -> None:
     """A half-written last record without its newline is what a crash mid-append leaves: the
     service starts, with every user from the complete records."""
     store.write_bytes(b'{"users": []}\n')
-    lines = [json.dumps(["users", name, {"id": name, "username": name, "password": bcrypt_hash(PASSWORD)}])
+    lines = [json.dumps([["users", name, {"id": name, "username": name, "password": bcrypt_hash(PASSWORD)}]])
              for name in ("alice", "bob", "carol")]
     journal_of(store).write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][: len(lines[2]) // 2])
     with Server(store) as server:

@@ -132,13 +132,34 @@ async def test_revocations_survive_a_restart_and_expired_entries_are_pruned(tmp_
         ended = await login(client)
         kept = (await client.login("marko")).json()
         await client.post("/users/logout", headers=bearer(ended["token"]))
+        store = client.app.state.store  # type: ignore[attr-defined]
+        expired = await store.complete_login(await store.find_user("marko"), "jti", time.time() - 1)
         for _ in range(2):
             await client.login("marko", "wrong-pass")
-        store = client.app.state.store  # type: ignore[attr-defined]
-        expired = await store.start_session((await store.find_user("marko")).id, "jti", time.time() - 1)
     async for client in running(settings):  # restarted: the lifespan prunes at start
         assert await me(client, ended["token"]) == 401
         assert await me(client, kept["token"]) == 200
         assert (await client.login("marko", "marko123")).status_code == 429  # the lockout survived too
         sessions = client.app.state.store.t["sessions"]  # type: ignore[attr-defined]
         assert expired not in sessions and len(sessions) == 1
+
+
+async def test_concurrent_guesses_cannot_slip_past_the_limit(tmp_path: Path) -> None:
+    """Each attempt is counted before its password is checked, so 40 guesses in flight at once
+    still get only the allowed number of checks."""
+    async for client in running(make_settings(tmp_path, login_max_failures=5)):
+        await client.register("victim", "correct-horse")
+        results = await asyncio.gather(*(client.login("victim", f"guess-{i:04d}") for i in range(40)))
+        codes = sorted(r.status_code for r in results)
+        assert codes == [401] * 5 + [429] * 35
+
+
+async def test_changing_the_cost_rehashes_at_login(tmp_path: Path) -> None:
+    async for client in running(make_settings(tmp_path)):
+        await client.register("marko", "marko123")
+    async for client in running(make_settings(tmp_path, bcrypt_rounds=5)):
+        store = client.app.state.store  # type: ignore[attr-defined]
+        assert (await store.find_user("marko")).password.startswith("$2b$04$")
+        assert (await client.login("marko", "marko123")).status_code == 200
+        assert (await store.find_user("marko")).password.startswith("$2b$05$")
+        assert (await client.login("marko", "marko123")).status_code == 200
