@@ -62,7 +62,7 @@ class Store(Protocol):
     async def complete_login(self, user: User, refresh_jti: str, expires_at: float,
                              merge_from: str | None = None) -> str: ...
     async def set_password(self, user_id: str, password_hash: str) -> None: ...
-    async def session_valid(self, session_id: str, user_id: str) -> bool: ...
+    async def session_user(self, session_id: str, user_id: str) -> User | None: ...
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
                              expires_at: float) -> bool: ...
     async def end_session(self, session_id: str) -> None: ...
@@ -254,9 +254,10 @@ class JsonStore:
 
     # -- login sessions (a refresh-token family) -----------------------------------------------
 
-    async def session_valid(self, session_id: str, user_id: str) -> bool:
+    async def session_user(self, session_id: str, user_id: str) -> User | None:
+        """The account behind a live login session; ``None`` once logged out or deleted."""
         session = self.t["sessions"].get(session_id)
-        return session is not None and session["user_id"] == user_id and user_id in self._users
+        return self._users.get(user_id) if session is not None and session["user_id"] == user_id else None
 
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
                              expires_at: float) -> bool:
