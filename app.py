@@ -127,7 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     swagger = settings.frontend_dir / "swagger"
     self_hosted_docs = (swagger / "swagger-ui-bundle.js").is_file()
-    app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan, docs_url=None if self_hosted_docs else "/docs",
+    app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan, redoc_url=None,
+                  docs_url=None if self_hosted_docs else "/docs",
                   description="JWT authentication over a durable JSON user store, with anonymous sessions.")
     app.state.settings = settings
     app.add_middleware(BodyLimit)  # inside CORS, so a browser can read its 413
@@ -139,6 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    # Routes are tried in order and each miss costs microseconds: hot routes first.
+    for router in (users.router, shop.router, anonymous.router):
+        include_flat(app, router)
+
     if self_hosted_docs:  # Swagger UI's files from the SPA build (frontend/vite.config.js), not a CDN
 
         @app.get("/docs", include_in_schema=False)
@@ -147,10 +152,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        swagger_js_url="/swagger/swagger-ui-bundle.js",
                                        swagger_css_url="/swagger/swagger-ui.css",
                                        swagger_favicon_url="/swagger/favicon-32x32.png")
-
-    # Routes are tried in order and each miss costs microseconds: hot routes first.
-    for router in (users.router, shop.router, anonymous.router):
-        include_flat(app, router)
 
     if (settings.frontend_dir / "index.html").is_file():
         app.mount("/", StaticFiles(directory=settings.frontend_dir, html=True), name="spa")

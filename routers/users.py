@@ -25,14 +25,14 @@ def _tokens(auth: AuthHandler, user: User, session_id: str, refresh_jti: str) ->
     }
 
 
-@router.get("/list", response_model=UserList, responses=REGISTERED_ERRORS)
-async def list_users(_: CurrentUser, store: StoreDep) -> dict[str, list[dict[str, str]]]:
-    return {"users": [{"id": u.id, "username": u.username} for u in await store.list_users()]}
-
-
 @router.get("/me", response_model=UserOut, responses=REGISTERED_ERRORS)
 async def me(user: CurrentUser) -> dict[str, str | None]:
     return {"id": user.id, "username": user.username}
+
+
+@router.get("/list", response_model=UserList, responses=REGISTERED_ERRORS)
+async def list_users(_: CurrentUser, store: StoreDep) -> dict[str, list[dict[str, str]]]:
+    return {"users": [{"id": u.id, "username": u.username} for u in await store.list_users()]}
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut,
