@@ -155,25 +155,24 @@ def message(page: Page) -> Locator:
     return page.get_by_role("status")
 
 
-def register(page: Page, username: str, password: str = PASSWORD) -> None:
-    """Open the Register form and submit it (the outcome is left to the caller to check)."""
+def _submit(page: Page, form_name: str, toggle: str, username: str, password: str) -> None:
+    """Open the Login or Register form (the toggle shows the other one) and submit it."""
     expect(page.get_by_role("form")).to_be_visible()  # Login or Register, once the page is ready
-    form = page.get_by_role("form", name="Register")
+    form = page.get_by_role("form", name=form_name)
     if not form.is_visible():
-        page.get_by_role("button", name="Create an account").click()
+        page.get_by_role("button", name=toggle).click()
     form.get_by_label("Username").fill(username)
     form.get_by_label("Password").fill(password)
-    form.get_by_role("button", name="Register", exact=True).click()
+    form.get_by_role("button", name=form_name, exact=True).click()
+
+
+def register(page: Page, username: str, password: str = PASSWORD) -> None:
+    """Submit the Register form (the outcome is left to the caller to check)."""
+    _submit(page, "Register", "Create an account", username, password)
 
 
 def login(page: Page, username: str, password: str = PASSWORD) -> None:
-    expect(page.get_by_role("form")).to_be_visible()
-    form = page.get_by_role("form", name="Login")
-    if not form.is_visible():
-        page.get_by_role("button", name="I already have an account").click()
-    form.get_by_label("Username").fill(username)
-    form.get_by_label("Password").fill(password)
-    form.get_by_role("button", name="Login", exact=True).click()
+    _submit(page, "Login", "I already have an account", username, password)
 
 
 def register_and_login(page: Page, username: str, password: str = PASSWORD) -> None:
