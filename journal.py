@@ -127,7 +127,7 @@ class JournaledTables:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
             self._catch_up()
-            if self._journal_len():
+            if self._journal_len() or self.journal_path.exists():  # an empty one goes too, via a new epoch
                 self._fold()
                 self._after_fold()
         finally:
@@ -337,9 +337,6 @@ class JournaledTables:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             self._catch_up()
-            fd = self._open_journal()
-            if os.fstat(fd).st_size != self._journal_len():
-                os.ftruncate(fd, self._journal_len())  # a crashed writer's unacknowledged tail
             lines: list[bytes] = []
             for transaction, future in batch:
                 try:
@@ -353,6 +350,9 @@ class JournaledTables:
                     lines.append(_encode(changes))
                 outcomes.append((future, result, None))
             if lines:
+                fd = self._open_journal()
+                if os.fstat(fd).st_size != self._journal_len():
+                    os.ftruncate(fd, self._journal_len())  # a crashed writer's unacknowledged tail
                 data = b"".join(lines)
                 written = 0
                 while written < len(data):

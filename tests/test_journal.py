@@ -196,3 +196,11 @@ async def test_no_cart_for_an_owner_that_is_gone(tmp_path: Path) -> None:
     with pytest.raises(UnknownOwner):
         await store.set_cart_item(visitor, 1, 1)
     assert visitor not in store.t["carts"]
+
+
+async def test_a_store_that_saw_no_change_stops_as_users_json_alone(tmp_path: Path) -> None:
+    store = opened(tmp_path / "users.json")
+    await store.prune()  # a transaction with nothing to change
+    await store.drain()
+    store.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith((".lock", ".secret"))) == ["users.json"]
