@@ -54,8 +54,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except StoreError as exc:
         log.error("Cannot start: %s", exc)
         raise
+    secret = await asyncio.to_thread(lambda: settings.secret)  # may create the secret file
     auth = await asyncio.to_thread(  # it hashes a dummy password: not on the event loop
-        AuthHandler, settings.secret, settings.bcrypt_rounds, settings.access_token_expire_minutes,
+        AuthHandler, secret, settings.bcrypt_rounds, settings.access_token_expire_minutes,
         settings.refresh_token_expire_days, settings.anonymous_token_expire_days)
     app.state.store, app.state.auth = store, auth
     await _maintain(store, settings)
@@ -67,7 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with suppress(asyncio.CancelledError):
             await maintenance
         await store.drain()
-        store.close()
+        await asyncio.to_thread(store.close)  # folds the journal: file I/O, off the event loop
         auth.close()
 
 

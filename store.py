@@ -82,7 +82,6 @@ class JsonStore:
         self._by_name: dict[str, str] = {}
         self._users: dict[str, User] = {}
         self._db = JournaledTables(path, TABLES, self._index, self._reset_index, list_key=_legacy_id)
-        self.path = path
 
     @property
     def t(self) -> dict[str, dict[str, Any]]:

@@ -192,6 +192,16 @@ def add_to_cart(page: Page, item_id: int) -> None:
     page.get_by_test_id(f"item-{item_id}").get_by_role("button", name="Add to cart").click()
 
 
+def shop(page: Page, *item_ids: int) -> dict[int, int]:
+    """Add the items one click at a time, checking the cart after each; the final quantities."""
+    cart: dict[int, int] = {}
+    for item_id in item_ids:
+        add_to_cart(page, item_id)
+        cart[item_id] = cart.get(item_id, 0) + 1
+        expect_cart(page, cart)
+    return cart
+
+
 def expect_cart(page: Page, quantities: dict[int, int]) -> None:
     """The cart shows exactly these items with these quantities."""
     rows = page.get_by_role("list", name="Cart items").get_by_role("listitem")

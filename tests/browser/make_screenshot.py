@@ -13,7 +13,6 @@ from pathlib import Path
 
 from browser_support import (
     REPO,
-    add_to_cart,
     catalogue_loaded,
     expect_cart,
     launch_chromium,
@@ -21,6 +20,7 @@ from browser_support import (
     register_and_login,
     require_dist,
     run_server,
+    shop,
 )
 from playwright.sync_api import expect, sync_playwright
 
@@ -39,12 +39,7 @@ def main() -> None:
             register(page, name)
             expect(page.get_by_role("status")).to_have_text(f"Registered {name}, please log in")
         catalogue_loaded(page)
-        add_to_cart(page, 1)
-        expect_cart(page, {1: 1})
-        add_to_cart(page, 4)
-        expect_cart(page, {1: 1, 4: 1})
-        add_to_cart(page, 4)
-        expect_cart(page, {1: 1, 4: 2})
+        shop(page, 1, 4, 4)
         register_and_login(page, PEOPLE[-1])
         expect(page.get_by_role("list", name="All users").get_by_role("listitem")).to_have_count(len(PEOPLE))
         expect_cart(page, {1: 1, 4: 2})

@@ -19,6 +19,7 @@ from browser_support import (
     register,
     register_and_login,
     run_server,
+    shop,
     storage,
     unique_username,
 )
@@ -113,12 +114,7 @@ def test_anonymous_cart_moves_into_the_account(page: Page, server: Server) -> No
     expect(page.get_by_test_id("greeting")).to_contain_text("anonymous visitor")
     expect(page.get_by_test_id("cart-empty")).to_be_visible()
 
-    add_to_cart(page, 1)
-    expect_cart(page, {1: 1})
-    add_to_cart(page, 3)
-    expect_cart(page, {1: 1, 3: 1})
-    add_to_cart(page, 1)
-    expect_cart(page, {1: 2, 3: 1})
+    shop(page, 1, 3, 1)  # the cart is checked after each click: {1: 1}, {1: 1, 3: 1}, {1: 2, 3: 1}
     anonymous = storage(page)["anonymous_token"]
     assert anonymous
 
