@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter, HTTPException, status
 
-from deps import AUTH_ERRORS, CurrentIdentity, StoreDep, unauthorized
+from deps import AUTH_ERRORS, CurrentIdentity, IdentityRoute, StoreDep, unauthorized
 from models import Cart, Catalogue, Item, Message, Quantity
 from store import UnknownOwner
 
-router = APIRouter(tags=["shop"])
+router = APIRouter(tags=["shop"], route_class=IdentityRoute)
 
 CATALOGUE = {item.id: item for item in (
     Item(id=1, name="Espresso beans, 1 kg", price=24.5),

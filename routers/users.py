@@ -7,11 +7,20 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Response, status
 
 from authentication import AuthHandler, TokenError
-from deps import AUTH_ERRORS, REGISTERED_ERRORS, AuthDep, CurrentUser, OptionalAnonymous, SettingsDep, StoreDep
+from deps import (
+    AUTH_ERRORS,
+    REGISTERED_ERRORS,
+    AuthDep,
+    CurrentUser,
+    IdentityRoute,
+    OptionalAnonymous,
+    SettingsDep,
+    StoreDep,
+)
 from models import LoginRequest, LogoutRequest, Message, RefreshRequest, TokenOut, UserCreate, UserList, UserOut
 from store import RateLimited, UnknownOwner, User, UsernameTaken
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], route_class=IdentityRoute)
 
 INVALID_LOGIN = "Invalid username and/or password"
 

@@ -122,3 +122,25 @@ async def test_swagger_ui_and_openapi_declare_bearer(client: Client) -> None:
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             assert "200" in operation["responses"] or "201" in operation["responses"] or "204" in operation["responses"], (path, method)
+
+
+async def test_every_route_that_declares_bearer_checks_it_first(client: Client) -> None:
+    """What OpenAPI promises is what the routes do: without a token, every operation marked with
+    the scheme (except register/login, where a visitor's token is optional) is a 401, even with a
+    body that would be a 422, and a wrong method is still a 405."""
+    spec = (await client.get("/openapi.json")).json()
+    checked = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if operation.get("security") != [{"HTTPBearer": []}] or path in ("/users/register", "/users/login"):
+                continue
+            url = path.replace("{item_id}", "not-a-number")
+            response = await client.request(method, url, content=b"{not json", headers={"Content-Type": "application/json"})
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.json() == {"detail": "Not authenticated"}
+            checked.append(f"{method.upper()} {path}")
+    assert {"GET /users/me", "GET /users/list", "DELETE /users/me", "PUT /cart/items/{item_id}"} <= set(checked)
+    assert (await client.patch("/users/me")).status_code == 405
+    token = await client.token_for("marko")
+    response = await client.put("/cart/items/1", content=b"{not json", headers={**bearer(token), "Content-Type": "application/json"})
+    assert response.status_code == 422
