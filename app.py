@@ -8,12 +8,14 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from copy import copy
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute, request_response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -109,11 +111,17 @@ def include_flat(app: FastAPI, router: APIRouter) -> None:
 
     Since FastAPI 0.137 an included router stays a node of its own, and every request to one of
     its routes is matched twice (~20 us here, a sixth of a ``/users/me``). Our routers set their
-    prefix and tags on the ``APIRouter`` and take no include-time options, so their routes can
-    join the app's list as they are; this runs before the app serves, when FastAPI has not yet
-    cached its route table.
+    prefix and tags on the ``APIRouter`` and take no include-time options, so each route joins
+    the app's list as a copy that answers to this app's ``dependency_overrides`` (the routers
+    are shared by every app the tests create); this runs before the app serves, when FastAPI
+    has not yet cached its route table.
     """
-    app.router.routes.extend(router.routes)
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            route = copy(route)
+            route.dependency_overrides_provider = app
+            route.app = request_response(route.get_route_handler())
+        app.router.routes.append(route)
 
 
 async def validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -6,14 +6,14 @@ store answers from memory after an 8-byte freshness check.
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
+from functools import wraps
 from inspect import iscoroutinefunction
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Response, Security, status
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, request_response
 from fastapi.security import HTTPBearer
-from starlette.concurrency import run_in_threadpool
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from authentication import AuthHandler, TokenError
 from models import Message
@@ -67,6 +67,9 @@ def _bearer_token(scope: Scope) -> str | None:
     return None
 
 
+IDENTITY_KEY = "auth.identity"  # the caller, once found, in the request's ASGI scope
+
+
 class _Bearer(HTTPBearer):
     """FastAPI's ``HTTPBearer``, so OpenAPI and Swagger UI's Authorize button know the scheme,
     doing the whole check itself."""
@@ -84,28 +87,36 @@ class BearerIdentity(_Bearer):
         return await self.identify(request.scope)
 
     async def identify(self, scope: Scope) -> Identity:
-        token = _bearer_token(scope)
-        if token is None:
-            raise unauthorized("Not authenticated")
-        state = scope["app"].state
-        try:
-            claims = state.auth.decode_token(token)
-        except TokenError as exc:
-            raise unauthorized(str(exc)) from None
-        store: Store = state.store
-        store.refresh()
-        subject = claims["sub"]
-        if claims["typ"] == "anonymous":
-            if not await store.anonymous_exists(subject):
-                raise unauthorized("Invalid token")  # purged or upgraded: get a new one
-            await store.touch_anonymous(subject)
-            if self.registered_only:
-                raise HTTPException(status.HTTP_403_FORBIDDEN, "Registered account required")
-            return Identity(subject)
-        user = await store.session_user(claims["sid"], subject)
-        if user is None:
-            raise unauthorized("Invalid token")  # deleted user, or the session was logged out
-        return Identity(subject, user.username, claims["sid"])
+        """The caller, found once per request (kept in the scope), then this check's own rule."""
+        identity: Identity | None = scope.get(IDENTITY_KEY)
+        if identity is None:
+            identity = scope[IDENTITY_KEY] = await _identify(scope)
+        if self.registered_only and identity.anonymous:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "Registered account required")
+        return identity
+
+
+async def _identify(scope: Scope) -> Identity:
+    token = _bearer_token(scope)
+    if token is None:
+        raise unauthorized("Not authenticated")
+    state = scope["app"].state
+    try:
+        claims = state.auth.decode_token(token)
+    except TokenError as exc:
+        raise unauthorized(str(exc)) from None
+    store: Store = state.store
+    store.refresh()
+    subject = claims["sub"]
+    if claims["typ"] == "anonymous":
+        if not await store.anonymous_exists(subject):
+            raise unauthorized("Invalid token")  # purged or upgraded: get a new one
+        await store.touch_anonymous(subject)
+        return Identity(subject)
+    user = await store.session_user(claims["sid"], subject)
+    if user is None:
+        raise unauthorized("Invalid token")  # deleted user, or the session was logged out
+    return Identity(subject, user.username, claims["sid"])
 
 
 class AnonymousVisitor(_Bearer):
@@ -124,54 +135,58 @@ class AnonymousVisitor(_Bearer):
         return claims["sub"] if await store.anonymous_exists(claims["sub"]) else None
 
 
-IDENTITY_KEY = "auth.identity"  # where IdentityRoute leaves the caller, in the ASGI scope
-
-
 class IdentityRoute(APIRoute):
-    """An ``APIRoute`` that runs its ``CurrentUser``/``CurrentIdentity`` check itself, first,
-    instead of leaving it to FastAPI's dependency solver.
+    """An ``APIRoute`` that runs its ``CurrentUser``/``CurrentIdentity`` checks itself, first,
+    instead of leaving them to FastAPI's dependency solver.
 
     Why: FastAPI spends ~20 us per request on a dependency node, a tenth of a ``/users/me``
     (bench/README.md). Handlers still declare ``user: CurrentUser``, and OpenAPI (so Swagger UI's
     Authorize button) still sees the scheme: both read ``self.dependant``, which stays whole. Only
-    the handler FastAPI runs per request is built from a copy without the check's node; the
-    identity reaches the endpoint through the ASGI scope. ``app.dependency_overrides`` of the
-    check are not honoured on these routes.
+    the handler FastAPI runs per request is built from a copy without the checks' nodes, for a
+    plain ``async def`` endpoint. Anything else (a generator, sync or callable endpoint, a check
+    inside another dependency, an ``include_router`` copy) keeps FastAPI's own handling, where a
+    check finds the caller that ``handle()`` already put in the scope; so does an app whose
+    ``dependency_overrides`` replace a check.
     """
 
-    _check: BearerIdentity | None = None
+    _checks: tuple[BearerIdentity, ...] = ()
+    _solved_app: ASGIApp | None = None
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         whole = self.dependant
         checks = [d for d in whole.dependencies if isinstance(d.call, BearerIdentity)]
-        if not checks:
+        self._checks = tuple({id(d.call): d.call for d in checks}.values())  # type: ignore[misc]
+        endpoint = whole.call
+        if not checks or not iscoroutinefunction(endpoint):
             return super().get_route_handler()
-        if len({id(d.call) for d in checks}) > 1:
-            raise TypeError(f"{self.path}: CurrentUser and CurrentIdentity in one route")
-        self._check = check = checks[0].call
-        names = [d.name for d in checks]
-        endpoint, is_async = whole.call, iscoroutinefunction(whole.call)
+        named = [d.name for d in checks if d.name]
         request_name = whole.request_param_name or "_identity_request"
         keep_request = whole.request_param_name is not None
-        assert endpoint is not None and check is not None
 
+        @wraps(endpoint)  # FastAPI's error messages and telemetry name the endpoint, not this
         async def call(**values: Any) -> Any:
             request: Request = values[request_name] if keep_request else values.pop(request_name)
-            identity = request.scope.get(IDENTITY_KEY) or await check.identify(request.scope)
-            for name in names:
-                values[name] = identity
-            return await endpoint(**values) if is_async else await run_in_threadpool(endpoint, **values)
+            for name in named:
+                values[name] = request.scope[IDENTITY_KEY]  # handle() has run every check
+            return await endpoint(**values)
 
         self.dependant = replace(whole, call=call, request_param_name=request_name,
                                  dependencies=[d for d in whole.dependencies if d not in checks])
-        try:
+        try:  # synchronous: nothing else sees the copy
             return super().get_route_handler()
         finally:
             self.dependant = whole
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._check is not None and scope["method"] in self.methods:
-            scope[IDENTITY_KEY] = await self._check.identify(scope)  # 401/403 before any validation
+        if not self._checks or scope["method"] not in self.methods:
+            return await super().handle(scope, receive, send)
+        overrides = getattr(self.dependency_overrides_provider, "dependency_overrides", None)
+        if overrides and any(c in overrides for c in self._checks):
+            if self._solved_app is None:
+                self._solved_app = request_response(APIRoute.get_route_handler(self))
+            return await self._solved_app(scope, receive, send)
+        for check in self._checks:  # 401/403 before the body or parameters are read
+            await check.identify(scope)
         await super().handle(scope, receive, send)
 
 

@@ -144,3 +144,20 @@ async def test_every_route_that_declares_bearer_checks_it_first(client: Client) 
     token = await client.token_for("marko")
     response = await client.put("/cart/items/1", content=b"{not json", headers={**bearer(token), "Content-Type": "application/json"})
     assert response.status_code == 422
+
+
+async def test_dependency_overrides_still_replace_the_check(client: Client) -> None:
+    """Users' own tests often swap ``CurrentUser`` out; IdentityRoute must not get in the way."""
+    from deps import BearerIdentity, CurrentUser, Identity
+
+    check = next(m for m in CurrentUser.__metadata__ if isinstance(m.dependency, BearerIdentity)).dependency
+    app = client.app  # type: ignore[attr-defined]
+    assert (await client.get("/users/me")).status_code == 401
+    app.dependency_overrides[check] = lambda: Identity("u-1", "stand-in", "s-1")
+    try:
+        response = await client.get("/users/me")
+        assert response.status_code == 200
+        assert response.json() == {"id": "u-1", "username": "stand-in"}
+    finally:
+        app.dependency_overrides.clear()
+    assert (await client.get("/users/me")).status_code == 401
