@@ -1,13 +1,12 @@
 import { createContext, useCallback, useContext, useEffect, useMemo, useState } from "react";
 import { anonymousToken, api, on, SessionExpiredError, tokens } from "./api.js";
 
-export const EXPIRED_MESSAGE = "Your session has expired or is invalid, please log in again.";
+const EXPIRED_MESSAGE = "Your session has expired or is invalid, please log in again.";
 
 const AuthContext = createContext(null);
 
 export function AuthProvider({ children }) {
   const [user, setUser] = useState(null);
-  const [jwt, setJwt] = useState(() => tokens.jwt());
   const [message, setMessage] = useState("");
   // True while a stored session is being checked on load.
   const [checking, setChecking] = useState(() => Boolean(tokens.jwt()));
@@ -21,7 +20,6 @@ export function AuthProvider({ children }) {
     setSessionKey((key) => key + 1);
   }, []);
 
-  useEffect(() => on("tokens", () => setJwt(tokens.jwt())), []);
   useEffect(() => on("expired", () => endSession(EXPIRED_MESSAGE)), [endSession]);
 
   // On load: resume a stored session, or start as an anonymous visitor.
@@ -103,8 +101,8 @@ export function AuthProvider({ children }) {
   }, []);
 
   const value = useMemo(
-    () => ({ user, jwt, message, setMessage, checking, sessionKey, register, login, logout }),
-    [user, jwt, message, checking, sessionKey, register, login, logout],
+    () => ({ user, message, setMessage, checking, sessionKey, register, login, logout }),
+    [user, message, checking, sessionKey, register, login, logout],
   );
   return <AuthContext.Provider value={value}>{children}</AuthContext.Provider>;
 }

@@ -3,7 +3,7 @@
 // token), refreshes an expired session once (one refresh in flight at a
 // time, shared by every caller) and renews an expired anonymous token.
 
-export const API_URL = import.meta.env.VITE_API_URL ?? "";
+const API_URL = import.meta.env.VITE_API_URL ?? "";
 
 const JWT = "jwt";
 const REFRESH = "refresh_token";
@@ -12,9 +12,9 @@ const ANONYMOUS = "anonymous_token";
 // 401 details that are about the token itself, not about credentials.
 const TOKEN_ERRORS = ["Invalid token", "Signature has expired", "Not authenticated"];
 
-// --- events: "tokens" (stored tokens changed), "expired" (refresh refused) ---
+// --- events: "expired" (refresh refused) ---
 
-const listeners = { tokens: new Set(), expired: new Set() };
+const listeners = { expired: new Set() };
 
 export function on(event, fn) {
   listeners[event].add(fn);
@@ -34,20 +34,16 @@ export const tokens = {
   saveSession({ token, refresh_token }) {
     localStorage.setItem(JWT, token);
     localStorage.setItem(REFRESH, refresh_token);
-    emit("tokens");
   },
   clearSession() {
     localStorage.removeItem(JWT);
     localStorage.removeItem(REFRESH);
-    emit("tokens");
   },
   saveAnonymous(token) {
     localStorage.setItem(ANONYMOUS, token);
-    emit("tokens");
   },
   clearAnonymous() {
     localStorage.removeItem(ANONYMOUS);
-    emit("tokens");
   },
 };
 
@@ -68,7 +64,7 @@ export function formatDetail(detail) {
   return JSON.stringify(detail);
 }
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(status, detail) {
     super(formatDetail(detail) || `Request failed with status ${status}`);
     this.name = "ApiError";
@@ -118,48 +114,44 @@ async function parse(response) {
 
 // --- single-flight token renewal ---
 
-let refreshing = null;
-
-/** POST /users/refresh once, however many callers ask at the same time. */
-export function refreshSession() {
-  refreshing ??= (async () => {
-    const refreshToken = tokens.refresh();
-    try {
-      if (!refreshToken) throw new ApiError(401, "No refresh token");
-      const data = await parse(
-        await send("/users/refresh", { method: "POST", body: { refresh_token: refreshToken } }),
-      );
-      tokens.saveSession(data);
-      return data.token;
-    } catch (error) {
-      if (error instanceof ApiError && error.status < 500) {
-        // The server refused the refresh token: this session is over.
-        tokens.clearSession();
-        emit("expired");
-        throw new SessionExpiredError(error.detail);
-      }
-      throw error; // network or server error: keep the tokens for a later try
-    }
-  })().finally(() => {
-    refreshing = null;
-  });
-  return refreshing;
+/** `fn` run once at a time: callers that ask while it runs share its promise. */
+function singleFlight(fn) {
+  let running = null;
+  return () => (running ??= fn().finally(() => (running = null)));
 }
 
-let anonymizing = null;
+/** POST /users/refresh once, however many callers ask at the same time. */
+const refreshSession = singleFlight(async () => {
+  const refreshToken = tokens.refresh();
+  try {
+    if (!refreshToken) throw new ApiError(401, "No refresh token");
+    const data = await parse(
+      await send("/users/refresh", { method: "POST", body: { refresh_token: refreshToken } }),
+    );
+    tokens.saveSession(data);
+    return data.token;
+  } catch (error) {
+    if (error instanceof ApiError && error.status < 500) {
+      // The server refused the refresh token: this session is over.
+      tokens.clearSession();
+      emit("expired");
+      throw new SessionExpiredError(error.detail);
+    }
+    throw error; // network or server error: keep the tokens for a later try
+  }
+});
+
+const newAnonymousToken = singleFlight(async () => {
+  const data = await parse(await send("/anonymous-login", { method: "POST" }));
+  tokens.saveAnonymous(data.access_token);
+  return data.access_token;
+});
 
 /** The stored anonymous token, or a new one from POST /anonymous-login. */
 export function anonymousToken({ renew = false } = {}) {
   const stored = tokens.anonymous();
   if (stored && !renew) return Promise.resolve(stored);
-  anonymizing ??= (async () => {
-    const data = await parse(await send("/anonymous-login", { method: "POST" }));
-    tokens.saveAnonymous(data.access_token);
-    return data.access_token;
-  })().finally(() => {
-    anonymizing = null;
-  });
-  return anonymizing;
+  return newAnonymousToken();
 }
 
 // --- authenticated requests ---
