@@ -8,21 +8,20 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from playwright.sync_api import Browser, Locator, Page, Playwright, expect
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))  # tests/server.py, also when make_screenshot.py runs alone
+
+from server import Server
+
 DIST_INDEX = REPO / "frontend" / "dist" / "index.html"
 BUILD_COMMAND = "npm --prefix frontend ci && npm --prefix frontend run build"
 
@@ -53,78 +52,23 @@ def require_dist() -> None:
         )
 
 
-# --- the server -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Server:
-    base_url: str
-    log_path: Path
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_health(base_url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with code {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"uvicorn did not answer /health within {timeout} s:\n{log_path.read_text()}")
+# --- the server ---------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def run_server(**settings: str | float) -> Iterator[Server]:
-    """Start `uvicorn app:app` on a free loopback port with a temporary store; stop it afterwards.
+    """``tests/server.py``'s real ``uvicorn app:app``, on a temporary store; stopped afterwards.
 
     Keyword arguments are extra environment settings, e.g. ACCESS_TOKEN_EXPIRE_MINUTES=0.05.
     """
-    with tempfile.TemporaryDirectory(prefix="browser-tests-") as tmp:
-        port = _free_port()
-        env = {
-            **os.environ,
-            "USERS_FILE": str(Path(tmp) / "users.json"),
-            "JWT_SECRET": secrets.token_urlsafe(48),
-            "BCRYPT_ROUNDS": "4",
-            "ACCESS_TOKEN_EXPIRE_MINUTES": "30",
-            "ANONYMOUS_LOGIN_RATE_LIMIT": "0",  # every test visits from 127.0.0.1
-            **{key: str(value) for key, value in settings.items()},
-        }
-        log_path = Path(tmp) / "uvicorn.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                base_url = f"http://127.0.0.1:{port}"
-                _wait_for_health(base_url, process, log_path)
-                yield Server(base_url, log_path)
-            finally:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    with tempfile.TemporaryDirectory(prefix="browser-tests-") as tmp, \
+            Server(Path(tmp) / "users.json", **{key: str(value) for key, value in settings.items()}) as server:
+        yield server
+
+
+def api_client(server: Server) -> httpx.Client:
+    """The API straight over HTTP, beside the browser."""
+    return httpx.Client(base_url=server.url, timeout=10)
 
 
 # --- the browser --------------------------------------------------------------------------

@@ -100,4 +100,4 @@ def _console_line(msg: ConsoleMessage) -> str:
 @pytest.fixture
 def page(make_page: Callable[[str], Page], server: Server) -> Page:
     """A page of a fresh browser context on the shared server (relative URLs work: goto("/"))."""
-    return make_page(server.base_url)
+    return make_page(server.url)

@@ -32,7 +32,7 @@ def main() -> None:
     require_dist()
     with run_server() as server, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
-        context = browser.new_context(base_url=server.base_url, viewport={"width": 1200, "height": 640})
+        context = browser.new_context(base_url=server.url, viewport={"width": 1200, "height": 640})
         page = context.new_page()
         page.goto("/")
         for name in PEOPLE[:-1]:

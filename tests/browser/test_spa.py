@@ -11,6 +11,7 @@ from browser_support import (
     PASSWORD,
     Server,
     add_to_cart,
+    api_client,
     catalogue_loaded,
     expect_cart,
     jwt_claims,
@@ -93,7 +94,7 @@ def test_tampered_token_is_rejected_on_reload(page: Page, server: Server) -> Non
         """(token) => { localStorage.setItem('jwt', token); localStorage.removeItem('refresh_token'); }""",
         tampered,
     )
-    with server.client() as api:  # the server itself refuses it
+    with api_client(server) as api:  # the server itself refuses it
         refused = api.get("/users/me", headers={"Authorization": f"Bearer {tampered}"})
     assert refused.status_code == 401, refused.text
 
@@ -131,7 +132,7 @@ def test_anonymous_cart_moves_into_the_account(page: Page, server: Server) -> No
     assert stored["anonymous_token"] is None
 
     # The server agrees: this is the account's cart now, and the visitor is gone.
-    with server.client() as api:
+    with api_client(server) as api:
         cart = api.get("/cart", headers={"Authorization": f"Bearer {stored['jwt']}"})
         assert cart.status_code == 200, cart.text
         assert cart.json() == {"items": [{"item_id": 1, "quantity": 2}, {"item_id": 3, "quantity": 1}]}
@@ -145,14 +146,14 @@ def test_anonymous_cart_moves_into_the_account(page: Page, server: Server) -> No
 
 def test_swagger_ui_authorize_and_call_users_me(make_page: Callable[[str], Page], server: Server) -> None:
     name = unique_username()
-    with server.client() as api:
+    with api_client(server) as api:
         created = api.post("/users/register", json={"username": name, "password": PASSWORD})
         assert created.status_code == 201, created.text
         logged_in = api.post("/users/login", json={"username": name, "password": PASSWORD})
         assert logged_in.status_code == 200, logged_in.text
     token = logged_in.json()["token"]
 
-    page = make_page(server.base_url)
+    page = make_page(server.url)
     page.context.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort())  # no CDN
     page.goto("/docs")
     page.get_by_role("button", name="Authorize", exact=True).click()
@@ -178,7 +179,7 @@ def test_swagger_ui_authorize_and_call_users_me(make_page: Callable[[str], Page]
 
 def test_session_outlives_the_access_token(make_page: Callable[[str], Page]) -> None:
     with run_server(ACCESS_TOKEN_EXPIRE_MINUTES=0.05) as server:  # 3-second access tokens
-        page = make_page(server.base_url)
+        page = make_page(server.url)
         refreshes: list[Request] = []
         page.on(
             "request", lambda request: refreshes.append(request) if request.url.endswith("/users/refresh") else None
@@ -187,7 +188,7 @@ def test_session_outlives_the_access_token(make_page: Callable[[str], Page]) -> 
         def wait_until_expired(token: str) -> None:
             expires = jwt_claims(token)["exp"]
             time.sleep(max(0.0, expires - time.time() + 0.3))
-            with server.client() as api:
+            with api_client(server) as api:
                 response = api.get("/users/me", headers={"Authorization": f"Bearer {token}"})
             assert response.status_code == 401 and response.json()["detail"] == "Signature has expired"
 
@@ -228,7 +229,7 @@ def test_session_outlives_the_access_token(make_page: Callable[[str], Page]) -> 
             access, refresh = body["token"], body["refresh_token"]
         else:
             access, refresh = third["jwt"], third["refresh_token"]
-        with server.client() as api:
+        with api_client(server) as api:
             me = api.get("/users/me", headers={"Authorization": f"Bearer {access}"})
             assert me.status_code == 401
             if time.time() < jwt_claims(access)["exp"] - 0.5:  # not expired yet: refused because of the logout
