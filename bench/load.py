@@ -57,10 +57,6 @@ class LoadResult:
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
-    @property
-    def error_rate(self) -> float:
-        return self.errors / max(1, self.requests)
-
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rps": round(self.rps, 1)}
 

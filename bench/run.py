@@ -91,10 +91,8 @@ QUICK = Config(True, (10, 1_000), 1_000, (100, 1_000), 100, duration=1, warmup=1
 # --- small helpers -----------------------------------------------------------------
 
 
-def _json_post(port: int, path: str, payload: dict[str, Any], token: str | None = None) -> tuple[int, Any]:
+def _json_post(port: int, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
     headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
     status, body = http_request(port, "POST", path, json.dumps(payload).encode(), headers)
     try:
         return status, json.loads(body or b"null")
@@ -457,9 +455,8 @@ def machine_meta(loader: Loader, with_peer: bool) -> dict[str, Any]:
     if with_peer:
         peer = _versions(PEER_PYTHON, ["fastapi-users", "fastapi-users-db-sqlalchemy", "fastapi", "sqlalchemy",
                                        "aiosqlite", "pwdlib", "argon2-cffi"])
-        versions.update({f"peer {k}": v for k, v in peer.items()
-                         if k in ("fastapi-users", "fastapi-users-db-sqlalchemy", "fastapi", "sqlalchemy",
-                                  "aiosqlite", "pwdlib", "argon2-cffi")})
+        peer.pop("python", None)  # the same interpreter as ours
+        versions.update({f"peer {k}": v for k, v in peer.items()})
     if loader.wrk:
         wrk = subprocess.run([loader.wrk, "-v"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
         versions["wrk"] = " ".join(wrk.split()[1:2])

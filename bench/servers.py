@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -66,7 +66,6 @@ class Server:
     port: int
     log_path: Path
     ready_seconds: float = 0.0
-    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

@@ -1,13 +1,14 @@
 """Shared fixtures: the real app over HTTP (httpx against ASGI, lifespan included)."""
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import APIRouter
 
-from app import create_app
+from app import create_app, include_flat
 from settings import Settings
 
 SECRET = secrets.token_urlsafe(48)
@@ -47,12 +48,15 @@ class Client(httpx.AsyncClient):
         return await self.post("/users/login", json={"username": username, "password": password},
                                headers=bearer(token) if token else None)
 
-    async def token_for(self, username: str, password: str = "password123") -> str:
-        """Register (if needed) and log in; the access token."""
+    async def session_for(self, username: str, password: str = "password123") -> dict:
+        """Register (if needed) and log in; the login answer (access and refresh token)."""
         await self.register(username, password)
         response = await self.login(username, password)
         assert response.status_code == 200, response.text
-        return response.json()["token"]
+        return response.json()
+
+    async def token_for(self, username: str, password: str = "password123") -> str:
+        return (await self.session_for(username, password))["token"]
 
     async def anonymous(self) -> str:
         response = await self.post("/anonymous-login")
@@ -64,8 +68,11 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def running(settings: Settings) -> AsyncIterator[Client]:
+async def running(settings: Settings, routers: Iterable[APIRouter] = ()) -> AsyncIterator[Client]:
+    """The app on ``settings`` (plus ``routers``, added as app.py adds its own), lifespan and all."""
     app = create_app(settings)
+    for router in routers:
+        include_flat(app, router)
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), Client(transport=transport, base_url="http://test") as client:
         client.app = app

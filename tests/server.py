@@ -180,10 +180,6 @@ class Server:
         return self._process
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
     def stderr(self) -> str:
         return (self._logs / "stderr").read_text(errors="replace")
 

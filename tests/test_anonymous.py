@@ -74,7 +74,6 @@ async def test_carts_are_isolated(client: Client) -> None:
 
 @pytest.mark.parametrize("route", ["register", "login"])
 async def test_upgrade_merges_the_cart_and_ends_the_visitor(client: Client, route: str) -> None:
-    await client.register("marko", "marko123")
     owner = bearer(await client.token_for("marko", "marko123"))
     await client.put("/cart/items/1", json={"quantity": 2}, headers=owner)  # the account's own cart
     anonymous = await client.anonymous()

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from server import ROOT
 
 # (key in results.json, measure as printed in the table), in table order.
 ROWS = [

@@ -4,12 +4,10 @@ each must behave as FastAPI would with the plain dependency, and check the token
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import httpx
 import pytest
 from fastapi import APIRouter, Depends, Request, Security
 
-from app import create_app, include_flat
-from conftest import Client, bearer
+from conftest import Client, bearer, running
 from deps import CurrentIdentity, CurrentUser, IdentityRoute
 
 pytestmark = pytest.mark.anyio
@@ -61,19 +59,14 @@ async def gated_route() -> dict[str, str]:
 
 @pytest.fixture
 async def client(settings) -> AsyncIterator[Client]:  # type: ignore[no-untyped-def]
-    app = create_app(settings)
-    include_flat(app, router)
-    include_flat(app, gated)
-    async with app.router.lifespan_context(app), Client(transport=httpx.ASGITransport(app=app),
-                                                        base_url="http://test") as c:
-        c.app = app
+    async for c in running(settings, routers=(router, gated)):
         yield c
 
 
 @pytest.mark.parametrize("path", ["/x/sync", "/x/request", "/x/both", "/x/nested", "/x/unnamed", "/x/stream", "/gated"])
 async def test_route_shapes(client: Client, path: str) -> None:
     token = await client.token_for("marko")
-    anonymous = (await client.post("/anonymous-login")).json()["access_token"]
+    anonymous = await client.anonymous()
     assert (await client.get(path)).status_code == 401
     assert (await client.get(path, headers=bearer("forged"))).status_code == 401
     assert (await client.get(path, headers=bearer(anonymous))).status_code == (200 if path == "/gated" else 403)

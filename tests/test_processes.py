@@ -25,6 +25,7 @@ import bcrypt
 import httpx
 import pytest
 
+from conftest import bearer
 from server import Server
 
 PASSWORD = "password123"
@@ -37,10 +38,6 @@ TAKEN = {"detail": "Username already taken"}
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "users.json"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def credentials(username: str, password: str = PASSWORD) -> dict[str, str]:

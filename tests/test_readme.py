@@ -68,7 +68,7 @@ def test_readme_httpie_sessions(tmp_path: Path) -> None:
     steps = sessions((ROOT / "README.md").read_text())
     assert len(steps) >= 12, "the README's HTTPie sessions were not found"
     pasted: dict[str, str] = {}
-    with Server(tmp_path / "users.json", BCRYPT_ROUNDS="4") as server:
+    with Server(tmp_path / "users.json") as server:
         for command, status, expected in steps:
             for placeholder, value in pasted.items():
                 command = command.replace(placeholder, value)

@@ -11,19 +11,12 @@ from conftest import Client, bearer, make_settings, running
 pytestmark = pytest.mark.anyio
 
 
-async def login(client: Client, name: str = "marko") -> dict:
-    await client.register(name)
-    response = await client.login(name)
-    assert response.status_code == 200
-    return response.json()
-
-
 async def me(client: Client, token: str) -> int:
     return (await client.get("/users/me", headers=bearer(token))).status_code
 
 
 async def test_refresh_rotates_both_tokens(client: Client) -> None:
-    first = await login(client)
+    first = await client.session_for("marko")
     response = await client.post("/users/refresh", json={"refresh_token": first["refresh_token"]})
     assert response.status_code == 200
     second = response.json()
@@ -34,7 +27,7 @@ async def test_refresh_rotates_both_tokens(client: Client) -> None:
 
 
 async def test_reusing_a_spent_refresh_token_revokes_the_family(client: Client) -> None:
-    victim = await login(client)
+    victim = await client.session_for("marko")
     stolen = victim["refresh_token"]
     rotated = (await client.post("/users/refresh", json={"refresh_token": stolen})).json()
     reuse = await client.post("/users/refresh", json={"refresh_token": stolen})
@@ -47,7 +40,7 @@ async def test_reusing_a_spent_refresh_token_revokes_the_family(client: Client) 
 
 
 async def test_logout_revokes_access_and_refresh_tokens(client: Client) -> None:
-    session = await login(client)
+    session = await client.session_for("marko")
     other = (await client.login("marko")).json()  # another device
     response = await client.post("/users/logout", headers=bearer(session["token"]),
                                  json={"refresh_token": session["refresh_token"]})
@@ -58,14 +51,14 @@ async def test_logout_revokes_access_and_refresh_tokens(client: Client) -> None:
 
 
 async def test_logout_without_body(client: Client) -> None:
-    session = await login(client)
+    session = await client.session_for("marko")
     assert (await client.post("/users/logout", headers=bearer(session["token"]))).status_code == 204
     assert await me(client, session["token"]) == 401
     assert (await client.post("/users/refresh", json={"refresh_token": session["refresh_token"]})).status_code == 401
 
 
 async def test_logout_all_ends_every_session(client: Client) -> None:
-    sessions = [await login(client)] + [(await client.login("marko")).json() for _ in range(2)]
+    sessions = [await client.session_for("marko")] + [(await client.login("marko")).json() for _ in range(2)]
     assert (await client.post("/users/logout-all", headers=bearer(sessions[0]["token"]))).status_code == 204
     for session in sessions:
         assert await me(client, session["token"]) == 401
@@ -129,7 +122,7 @@ async def test_lockout_ends_after_the_window(tmp_path: Path) -> None:
 async def test_revocations_survive_a_restart_and_expired_entries_are_pruned(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, login_max_failures=2)
     async for client in running(settings):
-        ended = await login(client)
+        ended = await client.session_for("marko")
         kept = (await client.login("marko")).json()
         await client.post("/users/logout", headers=bearer(ended["token"]))
         store = client.app.state.store  # type: ignore[attr-defined]

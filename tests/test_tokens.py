@@ -92,8 +92,7 @@ async def test_dict_subject_from_the_book_is_refused(client: Client) -> None:
 
 
 async def test_refresh_token_is_not_an_access_token(client: Client) -> None:
-    await client.register("marko")
-    refresh = (await client.login("marko")).json()["refresh_token"]
+    refresh = (await client.session_for("marko"))["refresh_token"]
     await assert_invalid(client, refresh)
 
 
