@@ -40,6 +40,10 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def too_many_requests(detail: str, retry_after: int) -> HTTPException:
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers={"Retry-After": str(retry_after)})
+
+
 async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     store.refresh()

@@ -1,8 +1,8 @@
 """Visitors without an account: an anonymous token, and what they may see."""
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request
 
-from deps import AuthDep, SettingsDep, StoreDep
+from deps import AuthDep, SettingsDep, StoreDep, too_many_requests
 from models import AnonymousTokenOut, Message
 from store import RateLimited
 
@@ -19,8 +19,7 @@ async def anonymous_login(request: Request, store: StoreDep, auth: AuthDep, sett
     try:
         anonymous_id = await store.add_anonymous(client, settings.anonymous_login_rate_limit)
     except RateLimited as exc:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "Too many anonymous sign-ins; try again later",
-                            headers={"Retry-After": str(exc.retry_after)}) from None
+        raise too_many_requests("Too many anonymous sign-ins; try again later", exc.retry_after) from None
     return {"access_token": auth.encode_anonymous_token(anonymous_id), "token_type": "bearer",
             "expires_in": auth.anonymous_seconds}
 

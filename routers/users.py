@@ -16,6 +16,7 @@ from deps import (
     OptionalAnonymous,
     SettingsDep,
     StoreDep,
+    too_many_requests,
 )
 from models import LoginRequest, LogoutRequest, Message, RefreshRequest, TokenOut, UserCreate, UserList, UserOut
 from store import RateLimited, UnknownOwner, User, UsernameTaken
@@ -68,8 +69,7 @@ async def login(body: LoginRequest, store: StoreDep, auth: AuthDep, settings: Se
     try:
         await store.begin_login(body.username, settings.login_max_failures, settings.login_lockout_seconds)
     except RateLimited as exc:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "Too many failed login attempts; try again later",
-                            headers={"Retry-After": str(exc.retry_after)}) from None
+        raise too_many_requests("Too many failed login attempts; try again later", exc.retry_after) from None
     user = await store.find_user(body.username)
     verified = await auth.verify_password(body.password, user.password if user else None)  # always hashes
     if user is None or not verified:
