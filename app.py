@@ -6,7 +6,7 @@ Run it with ``uvicorn app:app`` (add ``--reload`` while developing, ``--workers 
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from copy import copy
 
@@ -21,13 +21,16 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authentication import AuthHandler
+from ratelimit import Budget, RateLimiter
 from routers import anonymous, shop, users
 from settings import Settings
 from store import JsonStore, StoreError
 
 log = logging.getLogger("uvicorn.error")
 MAX_BODY_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 16 * 1024
 MAINTENANCE_SECONDS = 3600
+SHARE_COUNTS_SECONDS = 1.0
 
 
 async def _maintain(store: JsonStore, settings: Settings) -> None:
@@ -38,13 +41,18 @@ async def _maintain(store: JsonStore, settings: Settings) -> None:
         log.info("purged %d idle anonymous visitor(s)", purged)
 
 
-async def _maintain_periodically(store: JsonStore, settings: Settings) -> None:
+async def _periodically(seconds: float, job: Callable[[], Awaitable[None]], what: str) -> None:
     while True:
-        await asyncio.sleep(MAINTENANCE_SECONDS)
+        await asyncio.sleep(seconds)
         try:
-            await _maintain(store, settings)
+            await job()
         except Exception:  # keep serving; the next round tries again
-            log.exception("store maintenance failed")
+            log.exception("%s failed", what)
+
+
+def _limiter(store: JsonStore, settings: Settings) -> RateLimiter:
+    return RateLimiter(store, {"login": Budget(settings.login_rate_limit, 60),
+                               "register": Budget(settings.register_rate_limit, 3600)})
 
 
 @asynccontextmanager
@@ -59,19 +67,39 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     secret = await asyncio.to_thread(lambda: settings.secret)  # may create the secret file
     auth = await asyncio.to_thread(  # it hashes a dummy password: not on the event loop
         AuthHandler, secret, settings.bcrypt_rounds, settings.access_token_expire_minutes,
-        settings.refresh_token_expire_days, settings.anonymous_token_expire_days)
-    app.state.store, app.state.auth = store, auth
+        settings.refresh_token_expire_days, settings.anonymous_token_expire_days,
+        settings.hash_queue_max_wait_seconds)
+    limiter = _limiter(store, settings)
+    app.state.store, app.state.auth, app.state.limiter = store, auth, limiter
     await _maintain(store, settings)
-    maintenance = asyncio.create_task(_maintain_periodically(store, settings))
+    tasks = [asyncio.create_task(_periodically(MAINTENANCE_SECONDS, lambda: _maintain(store, settings),
+                                               "store maintenance")),
+             asyncio.create_task(_periodically(SHARE_COUNTS_SECONDS, limiter.share, "sharing request counts"))]
     try:
         yield
     finally:
-        maintenance.cancel()
-        with suppress(asyncio.CancelledError):
-            await maintenance
+        for task in tasks:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        await limiter.share()
         await store.drain()
         await asyncio.to_thread(store.close)  # folds the journal: file I/O, off the event loop
         auth.close()
+
+
+class HeaderLimit:
+    """Answer 431 to requests whose headers total more than ``max_bytes``, before any other work
+    (outermost middleware). uvicorn has read them by then: in front of the service, a proxy's own
+    limit (nginx's ``large_client_header_buffers``) also keeps them off the wire."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(n) + len(v) for n, v in scope["headers"]) > self.max_bytes:
+            return await _error(send, 431, b'{"detail":"Request headers too large"}')
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -85,7 +113,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                return await _too_large(send)
+                return await _error(send, 413, b'{"detail":"Request body too large"}')
         seen = 0
 
         async def limited() -> Message:
@@ -99,9 +127,8 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-async def _too_large(send: Send) -> None:
-    body = b'{"detail":"Request body too large"}'
-    await send({"type": "http.response.start", "status": 413,
+async def _error(send: Send, code: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": code,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
@@ -143,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit)  # inside CORS, so a browser can read its 413
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
+    app.add_middleware(HeaderLimit)  # outermost: before anything reads a header
     app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.get("/health", tags=["meta"])

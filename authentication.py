@@ -9,7 +9,6 @@ accounts (both bound to a login session ``sid``, so logout can revoke them), ``a
 visitors (``sub = "anonymous_<uuid>"``). Decoding pins HS256 and requires ``exp``, ``iat``, ``sub``.
 """
 
-import asyncio
 import os
 import threading
 import time
@@ -19,6 +18,10 @@ from typing import Any
 
 import jwt
 from passlib.context import CryptContext
+
+from admission import ClientGone, HashGate, Overloaded, Watch
+
+__all__ = ["ALGORITHM", "ANONYMOUS_PREFIX", "AuthHandler", "ClientGone", "Overloaded", "TokenError"]
 
 ALGORITHM = "HS256"
 ANONYMOUS_PREFIX = "anonymous_"
@@ -41,7 +44,7 @@ def _lower_priority() -> None:
 
 class AuthHandler:
     def __init__(self, secret: str, bcrypt_rounds: int = 12, access_minutes: float = 30,
-                 refresh_days: float = 7, anonymous_days: float = 30) -> None:
+                 refresh_days: float = 7, anonymous_days: float = 30, hash_max_wait: float = 0) -> None:
         self._secret = secret
         self.pwd_context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=bcrypt_rounds)
         self.access_seconds = round(access_minutes * 60)
@@ -52,21 +55,27 @@ class AuthHandler:
         # Verified tokens by their exact string: a hit skips the HMAC and JSON work; expiry is
         # still checked on every use, and revocation by the caller (sessions, identities).
         self._verified: dict[str, dict[str, Any]] = {}
-        self._dummy_hash = self.pwd_context.hash(uuid.uuid4().hex)
+        self._dummy_hash = self.pwd_context.hash(uuid.uuid4().hex)  # loads the backend: not timed
+        started = time.perf_counter()
+        self._verify("", self._dummy_hash)  # the first estimate of a hash's time; measured from then on
+        self.hashing = HashGate(self._pool, cores, time.perf_counter() - started, hash_max_wait)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- passwords -----------------------------------------------------------------------------
 
-    async def get_password_hash(self, password: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.pwd_context.hash, password)
+    async def get_password_hash(self, password: str, client: str = "", watch: Watch | None = None) -> str:
+        """Hash in the pool, admitted by ``hashing`` (``client``'s queue; ``watch`` returns once the
+        client has gone): raises ``Overloaded`` or ``ClientGone`` instead of hashing."""
+        return await self.hashing.run(client, watch, self.pwd_context.hash, password)
 
-    async def verify_password(self, password: str, hashed: str | None) -> bool:
+    async def verify_password(self, password: str, hashed: str | None, client: str = "",
+                              watch: Watch | None = None) -> bool:
         """Check ``password``; with no hash (unknown user) check a dummy one, so both cases take
-        the same time and the response does not reveal which usernames exist."""
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._pool, self._verify, password, hashed or self._dummy_hash)
+        the same time and the response does not reveal which usernames exist. Admitted like
+        ``get_password_hash``."""
+        ok = await self.hashing.run(client, watch, self._verify, password, hashed or self._dummy_hash)
         return ok and hashed is not None
 
     def needs_rehash(self, hashed: str) -> bool:
@@ -95,9 +104,11 @@ class AuthHandler:
                   "jti": uuid.uuid4().hex}
         return self._encode(claims, self.access_seconds)
 
-    def encode_refresh_token(self, user_id: str, session_id: str, jti: str) -> str:
+    def encode_refresh_token(self, user_id: str, session_id: str, jti: str, expires_at: float | None = None) -> str:
+        """``expires_at``: the session's own expiry, when re-issuing its current refresh token."""
         claims = {"sub": str(user_id), "typ": "refresh", "sid": session_id, "jti": jti}
-        return self._encode(claims, self.refresh_seconds)
+        lifetime = self.refresh_seconds if expires_at is None else max(1, round(expires_at - time.time()))
+        return self._encode(claims, lifetime)
 
     def encode_anonymous_token(self, anonymous_id: str) -> str:
         return self._encode({"sub": anonymous_id, "typ": "anonymous"}, self.anonymous_seconds)

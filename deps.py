@@ -4,6 +4,7 @@ A protected route costs one token check (usually a cache hit) and a few dictiona
 store answers from memory after an 8-byte freshness check.
 """
 
+import ipaddress
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from functools import wraps
@@ -15,8 +16,10 @@ from fastapi.routing import APIRoute, request_response
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from admission import Watch
 from authentication import AuthHandler, TokenError
 from models import Message
+from ratelimit import RateLimiter
 from settings import Settings
 from store import Store
 
@@ -44,6 +47,41 @@ def too_many_requests(detail: str, retry_after: int) -> HTTPException:
     return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers={"Retry-After": str(retry_after)})
 
 
+def service_unavailable(detail: str, retry_after: int) -> HTTPException:
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": str(retry_after)})
+
+
+UNPARSEABLE_CLIENT = "unparseable"  # the one bucket of every client address that is not an IP address
+
+
+def client_address(request: Request) -> str:
+    """The client's address for per-client limits: uvicorn's view (it believes ``X-Forwarded-For``
+    only from ``--forwarded-allow-ips``), normalised. A value that is not an IP address can only
+    come from a trusted proxy passing on a forged header, and uvicorn has already replaced the
+    peer's address with it; so all such values share one bucket and never open a fresh allowance.
+    IPv6 clients count per /64, the block one subscriber usually gets."""
+    host = request.client.host if request.client else ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return UNPARSEABLE_CLIENT
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def disconnect_watch(request: Request) -> Watch:
+    """A coroutine function that returns once the client has gone (ASGI ``http.disconnect``); for
+    a handler whose body has been read, so nothing else is receiving."""
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
+
+
 async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     store.refresh()
@@ -58,9 +96,15 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+async def get_limiter(request: Request) -> RateLimiter:
+    return request.app.state.limiter
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
 AuthDep = Annotated[AuthHandler, Depends(get_auth)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
+ClientAddress = Annotated[str, Depends(client_address)]
 
 
 def _bearer_token(scope: Scope) -> str | None:

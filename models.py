@@ -1,5 +1,7 @@
 """Request and response bodies. Passwords only ever come in; no model sends one out."""
 
+import base64
+import binascii
 import re
 import unicodedata
 from typing import Annotated
@@ -36,7 +38,21 @@ def _check_password(value: str) -> str:
     return value
 
 
+def encode_cursor(normalized_username: str) -> str:
+    """The opaque ``next_cursor`` of ``GET /users/list``: where the next page starts after."""
+    return base64.urlsafe_b64encode(normalized_username.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(value: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, ValueError):  # bad base64, or bytes that are not UTF-8
+        raise ValueError("cursor is not one that a previous page returned") from None
+
+
 Text = Annotated[str, AfterValidator(_check_text)]
+Cursor = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$"),
+                   AfterValidator(_decode_cursor)]
 Username = Annotated[str, AfterValidator(_check_username)]
 Password = Annotated[str, Field(min_length=8), AfterValidator(_check_password)]
 
@@ -75,6 +91,7 @@ class UserOut(TypedDict):
 
 class UserList(BaseModel):
     users: list[UserOut]
+    next_cursor: str | None = Field(description="`cursor` for the next page; null on the last page")
 
 
 class TokenOut(BaseModel):

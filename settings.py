@@ -28,8 +28,14 @@ class Settings(BaseSettings):
     refresh_token_expire_days: float = Field(7, gt=0)
     anonymous_token_expire_days: float = Field(30, gt=0)
     anonymous_login_rate_limit: int = Field(100, ge=0, description="per client address and hour; 0 disables")
-    login_max_failures: int = Field(5, ge=1)
-    login_lockout_seconds: int = Field(900, ge=1)
+    anonymous_login_global_limit: int = Field(10_000, ge=0, description="new visitors per hour, all clients; 0 disables")
+    login_rate_limit: int = Field(30, ge=0, description="login attempts per client address and minute; 0 disables")
+    register_rate_limit: int = Field(30, ge=0, description="registrations per client address and hour; 0 disables")
+    login_max_failures: int = Field(5, ge=0, description="per username and client address; 0 disables")
+    login_max_failures_per_account: int = Field(50, ge=0, description="per username, all addresses; 0 disables")
+    login_lockout_seconds: int = Field(900, ge=1, description="the failure window and the first lock time")
+    hash_queue_max_wait_seconds: float = Field(2, ge=0, description="expected wait for a hash before 503; 0 disables")
+    refresh_reuse_grace_seconds: float = Field(10, ge=0, description="a just-rotated refresh token still works; 0: off")
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://127.0.0.1:5173"]
     frontend_dir: Path = Path(__file__).parent / "frontend" / "dist"
 

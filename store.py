@@ -11,17 +11,24 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
+
+from sortedcontainers import SortedList
 
 from authentication import ANONYMOUS_PREFIX
 from journal import Change, JournaledTables, StoreError
 from models import MAX_QUANTITY, normalize_username
 
-__all__ = ["JsonStore", "RateLimited", "Store", "StoreError", "UnknownOwner", "User", "UsernameTaken"]
+__all__ = ["JsonStore", "Lockout", "RateLimited", "Rotation", "Store", "StoreError", "UnknownOwner", "User",
+           "UsernameTaken"]
 
-TABLES = ("users", "anonymous", "carts", "sessions", "login_failures", "anonymous_logins")
+TABLES = ("users", "anonymous", "carts", "sessions", "login_failures", "anonymous_logins", "request_counts")
 ACTIVITY_GRANULARITY = 60.0  # seconds: record an anonymous visitor's activity at most this often
+MAX_ACCOUNT_LOCK_SECONDS = 86400  # the per-account lock doubles each round up to this
+ROUND_MEMORY_SECONDS = 86400  # an account's lock round is forgotten after a quiet day
+ALL_CLIENTS = "*"  # the anonymous_logins key of the service-wide bound
 
 
 class UsernameTaken(Exception):
@@ -44,29 +51,53 @@ class User:
     password: str
 
 
+@dataclass(frozen=True, slots=True)
+class Lockout:
+    """The login throttling rules (``0`` disables a limit); ``window`` is in seconds."""
+
+    max_failures: int  # per (username, client address)
+    max_failures_per_account: int  # per username, all addresses together
+    window: float  # failures older than this stop counting; also the first account lock time
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """A refresh that worked: the refresh ``jti`` to hand out and when the session expires. For a
+    concurrent refresh inside the grace period, this is the session's current one."""
+
+    jti: str
+    expires_at: float
+
+
+def client_key(client: str) -> str:
+    """What the store keeps of a client address: a digest (no addresses in the files)."""
+    return hashlib.sha256(client.encode()).hexdigest()[:32]
+
+
 class Store(Protocol):
     def refresh(self) -> None: ...
     async def add_user(self, username: str, password_hash: str, merge_from: str | None = None) -> User: ...
     async def get_user(self, user_id: str) -> User | None: ...
     async def find_user(self, username: str) -> User | None: ...
-    async def list_users(self) -> list[User]: ...
+    async def list_users(self, limit: int, after: str | None = None) -> list[User]: ...
     async def delete_user(self, user_id: str) -> bool: ...
-    async def add_anonymous(self, client: str, limit_per_hour: int) -> str: ...
+    async def add_anonymous(self, client: str, limit_per_hour: int, global_limit_per_hour: int = 0) -> str: ...
     async def anonymous_exists(self, anonymous_id: str) -> bool: ...
     async def touch_anonymous(self, anonymous_id: str) -> None: ...
     async def purge_anonymous(self, idle_seconds: float) -> int: ...
     async def get_cart(self, owner: str) -> dict[int, int]: ...
     async def set_cart_item(self, owner: str, item_id: int, quantity: int) -> dict[int, int]: ...
     async def remove_cart_item(self, owner: str, item_id: int) -> dict[int, int]: ...
-    async def begin_login(self, username: str, max_failures: int, window: float) -> None: ...
-    async def complete_login(self, user: User, refresh_jti: str, expires_at: float,
+    async def begin_login(self, username: str, client: str, rules: Lockout) -> float: ...
+    async def complete_login(self, user: User, client: str, attempt: float, refresh_jti: str, expires_at: float,
                              merge_from: str | None = None) -> str: ...
     async def set_password(self, user_id: str, password_hash: str) -> None: ...
     async def session_user(self, session_id: str, user_id: str) -> User | None: ...
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
-                             expires_at: float) -> bool: ...
+                             expires_at: float, grace: float = 0) -> Rotation | None: ...
     async def end_session(self, session_id: str) -> None: ...
     async def end_all_sessions(self, user_id: str) -> None: ...
+    async def count_requests(self, counts: dict[str, tuple[int, float]]) -> dict[str, int]: ...
     async def prune(self) -> None: ...
 
 
@@ -81,6 +112,7 @@ class JsonStore:
     def __init__(self, path: Path) -> None:
         self._by_name: dict[str, str] = {}
         self._users: dict[str, User] = {}
+        self._sorted_names: SortedList | None = None  # built at the first listing, then kept in step
         self._db = JournaledTables(path, TABLES, self._index, self._reset_index, list_key=_legacy_id)
 
     @property
@@ -104,6 +136,7 @@ class JsonStore:
     def _reset_index(self) -> None:
         self._by_name.clear()
         self._users.clear()
+        self._sorted_names = None
 
     def _index(self, table: str, key: str, old: Any, new: Any) -> None:
         if table != "users":
@@ -112,6 +145,8 @@ class JsonStore:
             name = normalize_username(str(old["username"]))
             if self._by_name.get(name) == key:
                 del self._by_name[name]
+                if self._sorted_names is not None:
+                    self._sorted_names.discard(name)
             self._users.pop(key, None)
         if new is not None:
             username, password = new["username"], new["password"]
@@ -120,6 +155,8 @@ class JsonStore:
             name = normalize_username(username)
             if self._by_name.get(name, key) != key:
                 raise ValueError(f"duplicate username {username!r}")
+            if self._sorted_names is not None and name not in self._by_name:
+                self._sorted_names.add(name)
             self._by_name[name] = key
             self._users[key] = User(key, username, password)
 
@@ -148,8 +185,13 @@ class JsonStore:
         user_id = self._by_name.get(normalize_username(username))
         return self._users.get(user_id) if user_id else None
 
-    async def list_users(self) -> list[User]:
-        return list(self._users.values())
+    async def list_users(self, limit: int, after: str | None = None) -> list[User]:
+        """Up to ``limit`` users ordered by normalised username, from just after ``after`` (a
+        normalised username): O(log n + limit), from an index kept sorted as users change."""
+        if self._sorted_names is None:
+            self._sorted_names = SortedList(self._by_name)
+        names = self._sorted_names.irange(minimum=after, inclusive=(after is None, True))
+        return [self._users[self._by_name[name]] for name in islice(names, limit)]
 
     async def delete_user(self, user_id: str) -> bool:
         def tx() -> tuple[bool, list[Change]]:
@@ -165,17 +207,19 @@ class JsonStore:
 
     # -- anonymous visitors --------------------------------------------------------------------
 
-    async def add_anonymous(self, client: str, limit_per_hour: int) -> str:
-        """Create a visitor identity, counting it against ``client``'s hourly allowance."""
+    async def add_anonymous(self, client: str, limit_per_hour: int, global_limit_per_hour: int = 0) -> str:
+        """Create a visitor identity, counting it against ``client``'s hourly allowance and the
+        service-wide one (``0``: no limit)."""
         def tx() -> tuple[str, list[Change]]:
             now = time.time()
             changes: list[Change] = []
-            if limit_per_hour:
-                key = hashlib.sha256(client.encode()).hexdigest()[:32]
+            for key, limit in ((client_key(client), limit_per_hour), (ALL_CLIENTS, global_limit_per_hour)):
+                if not limit:
+                    continue
                 window = self.t["anonymous_logins"].get(key)
                 if window is None or now - window["since"] >= 3600:
                     window = {"since": now, "count": 0}
-                if window["count"] >= limit_per_hour:
+                if window["count"] >= limit:
                     raise RateLimited(window["since"] + 3600 - now)
                 changes.append(("anonymous_logins", key, {"since": window["since"], "count": window["count"] + 1}))
             anonymous_id = ANONYMOUS_PREFIX + str(uuid.uuid4())
@@ -259,15 +303,21 @@ class JsonStore:
         return self._users.get(user_id) if session is not None and session["user_id"] == user_id else None
 
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
-                             expires_at: float) -> bool:
-        """Swap the session's refresh token. A spent one (reuse: stolen) ends the session."""
-        def tx() -> tuple[bool, list[Change]]:
+                             expires_at: float, grace: float = 0) -> Rotation | None:
+        """Swap the session's refresh token (compare-and-set on the current ``jti``). The one it
+        replaced, presented again within ``grace`` seconds (two tabs refreshing at once), gets the
+        current one back; any other spent one (reuse: stolen) ends the session."""
+        def tx() -> tuple[Rotation | None, list[Change]]:
+            now = time.time()
             session = self.t["sessions"].get(session_id)
             if session is None or session["user_id"] != user_id or user_id not in self._users:
-                return False, []
-            if session["jti"] != old_jti:
-                return False, [("sessions", session_id, None)]
-            return True, [("sessions", session_id, {**session, "jti": new_jti, "expires_at": expires_at})]
+                return None, []
+            if session["jti"] == old_jti:
+                doc = {**session, "jti": new_jti, "expires_at": expires_at, "prev_jti": old_jti, "rotated_at": now}
+                return Rotation(new_jti, expires_at), [("sessions", session_id, doc)]
+            if grace and session.get("prev_jti") == old_jti and now - session.get("rotated_at", 0) < grace:
+                return Rotation(session["jti"], session["expires_at"]), []
+            return None, [("sessions", session_id, None)]
 
         return await self._transact(tx)
 
@@ -288,39 +338,85 @@ class JsonStore:
             changes += [("login_failures", k, None) for k, v in self.t["login_failures"].items() if v["until"] < now]
             changes += [("anonymous_logins", k, None) for k, v in self.t["anonymous_logins"].items()
                         if now - v["since"] >= 3600]
+            changes += [("request_counts", k, None) for k, v in self.t["request_counts"].items()
+                        if v["expires_at"] < now]
             return None, changes
 
         await self._transact(tx)
 
+    async def count_requests(self, counts: dict[str, tuple[int, float]]) -> dict[str, int]:
+        """Add each worker's request counts (``key: (count, expires_at)``); the totals of all workers.
+        Called about once a second per worker by ``ratelimit.RateLimiter``, not per request."""
+        def tx() -> tuple[dict[str, int], list[Change]]:
+            totals: dict[str, int] = {}
+            changes: list[Change] = []
+            for key, (count, expires_at) in counts.items():
+                totals[key] = self.t["request_counts"].get(key, {}).get("count", 0) + count
+                changes.append(("request_counts", key, {"count": totals[key], "expires_at": expires_at}))
+            return totals, changes
+
+        return await self._transact(tx)
+
     # -- logging in: brute-force throttling, then a session ---------------------------------
 
-    async def begin_login(self, username: str, max_failures: int, window: float) -> None:
-        """Count the attempt before the password is checked, so concurrent guesses cannot slip
-        past the limit; raises ``RateLimited`` once ``username`` has used its attempts. Unknown
-        usernames count the same way, so a 429 does not tell whether an account exists."""
-        key = normalize_username(username)
+    async def begin_login(self, username: str, client: str, rules: Lockout) -> float:
+        """Count the attempt as a failure before the password is checked, so concurrent guesses
+        cannot slip past the limits; ``complete_login`` takes it back. Raises ``RateLimited`` while
+        this (username, address) pair has ``max_failures`` failures within the window, or while the
+        username is locked for every address: ``max_failures_per_account`` failures from all
+        addresses within the window lock it, for the window's length, doubled for each further
+        round (up to a day). Unknown usernames count the same way, so a 429 tells nothing about
+        which accounts exist. Returns the attempt's time, for ``complete_login``."""
+        name = normalize_username(username)
+        pair_key, account_key = "pair:" + client_key(name + "\0" + client), "account:" + name
 
-        def tx() -> tuple[None, list[Change]]:
+        def tx() -> tuple[float, list[Change]]:
             now = time.time()
-            entry = self.t["login_failures"].get(key)
-            if entry is None or entry["until"] < now:
-                entry = {"count": 0, "until": now + window}
-            if entry["count"] >= max_failures:
-                raise RateLimited(entry["until"] - now)
-            return None, [("login_failures", key, {"count": entry["count"] + 1, "until": entry["until"]})]
+            since = now - rules.window
+            rows = self.t["login_failures"]
+            changes: list[Change] = []
+            if rules.max_failures:
+                failures = [t for t in rows.get(pair_key, {}).get("at", ()) if t > since]
+                if len(failures) >= rules.max_failures:
+                    raise RateLimited(failures[-rules.max_failures] - since)
+                failures = [*failures, now][-rules.max_failures:]
+                changes.append(("login_failures", pair_key, {"at": failures, "until": now + rules.window}))
+            if rules.max_failures_per_account:
+                account = rows.get(account_key, {})
+                if account.get("locked_until", 0) > now:
+                    raise RateLimited(account["locked_until"] - now)
+                lock_round = account.get("round", 0)
+                failures = [*(t for t in account.get("at", ()) if t > since), now]
+                locked_until = 0.0
+                if len(failures) >= rules.max_failures_per_account:  # this one ends the round
+                    locked_until = now + min(rules.window * 2 ** lock_round, MAX_ACCOUNT_LOCK_SECONDS)
+                    failures, lock_round = [], lock_round + 1
+                keep = max(now + rules.window, locked_until) + (ROUND_MEMORY_SECONDS if lock_round else 0)
+                doc = {"at": failures, "round": lock_round, "locked_until": locked_until, "until": keep}
+                changes.append(("login_failures", account_key, doc))
+            return now, changes
 
-        await self._transact(tx)
+        return await self._transact(tx)
 
-    async def complete_login(self, user: User, refresh_jti: str, expires_at: float,
+    async def complete_login(self, user: User, client: str, attempt: float, refresh_jti: str, expires_at: float,
                              merge_from: str | None = None) -> str:
-        """One transaction: reset the attempts, move a visitor's cart in, start a session."""
+        """One transaction: forget this address's failures for the account and take back the
+        attempt ``begin_login`` counted, move a visitor's cart in, start a session. Failures from
+        other addresses still count: a login of the owner does not reset a distributed guess."""
         session_id = uuid.uuid4().hex
+        name = normalize_username(user.username)
+        pair_key, account_key = "pair:" + client_key(name + "\0" + client), "account:" + name
 
         def tx() -> tuple[str, list[Change]]:
             if user.id not in self._users:
                 raise UnknownOwner(user.id)
-            key = normalize_username(user.username)
-            changes: list[Change] = [("login_failures", key, None)] if key in self.t["login_failures"] else []
+            rows = self.t["login_failures"]
+            changes: list[Change] = [("login_failures", pair_key, None)] if pair_key in rows else []
+            account = rows.get(account_key)
+            if account is not None and attempt in account["at"]:
+                failures = list(account["at"])
+                failures.remove(attempt)
+                changes.append(("login_failures", account_key, {**account, "at": failures}))
             if merge_from:
                 changes += self._merge_changes(merge_from, user.id)
             doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at}

@@ -1,8 +1,8 @@
 """Visitors without an account: an anonymous token, and what they may see."""
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from deps import AuthDep, SettingsDep, StoreDep, too_many_requests
+from deps import AuthDep, ClientAddress, SettingsDep, StoreDep, too_many_requests
 from models import AnonymousTokenOut, Message
 from store import RateLimited
 
@@ -10,14 +10,15 @@ router = APIRouter(tags=["anonymous"])
 
 
 @router.post("/anonymous-login", response_model=AnonymousTokenOut, responses={
-    429: {"model": Message, "description": "Too many anonymous sign-ins from this address; see Retry-After"},
+    429: {"model": Message, "description": "Too many anonymous sign-ins from this address, or from everyone "
+                                           "this hour; see Retry-After"},
 })
-async def anonymous_login(request: Request, store: StoreDep, auth: AuthDep, settings: SettingsDep) -> dict[str, object]:
+async def anonymous_login(client: ClientAddress, store: StoreDep, auth: AuthDep, settings: SettingsDep) -> dict[str, object]:
     """A token for a visitor: ``sub`` is ``anonymous_<uuid>``; cart and activity are kept server
     side and move into the account when the visitor registers or logs in with this token."""
-    client = request.client.host if request.client else "unknown"
     try:
-        anonymous_id = await store.add_anonymous(client, settings.anonymous_login_rate_limit)
+        anonymous_id = await store.add_anonymous(client, settings.anonymous_login_rate_limit,
+                                                 settings.anonymous_login_global_limit)
     except RateLimited as exc:
         raise too_many_requests("Too many anonymous sign-ins; try again later", exc.retry_after) from None
     return {"access_token": auth.encode_anonymous_token(anonymous_id), "token_type": "bearer",

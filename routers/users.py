@@ -2,36 +2,54 @@
 
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
+import accounts
+from accounts import INVALID_LOGIN, Caller
 from authentication import AuthHandler, TokenError
 from deps import (
     AUTH_ERRORS,
     REGISTERED_ERRORS,
     AuthDep,
+    ClientAddress,
     CurrentUser,
     IdentityRoute,
+    LimiterDep,
     OptionalAnonymous,
     SettingsDep,
     StoreDep,
-    too_many_requests,
+    disconnect_watch,
 )
-from models import LoginRequest, LogoutRequest, Message, RefreshRequest, TokenOut, UserCreate, UserList, UserOut
-from store import RateLimited, UnknownOwner, User, UsernameTaken
+from models import (
+    Cursor,
+    LoginRequest,
+    LogoutRequest,
+    Message,
+    RefreshRequest,
+    TokenOut,
+    UserCreate,
+    UserList,
+    UserOut,
+    encode_cursor,
+    normalize_username,
+)
+from store import User
 
 router = APIRouter(prefix="/users", tags=["users"], route_class=IdentityRoute)
 
-INVALID_LOGIN = "Invalid username and/or password"
+TOO_MANY = {"model": Message, "description": "Over this client address's budget; see Retry-After"}
+BUSY = {"model": Message, "description": "Too many password checks queued; see Retry-After"}
 
 
-def _tokens(auth: AuthHandler, user: User, session_id: str, refresh_jti: str) -> dict[str, Any]:
+def _tokens(auth: AuthHandler, user: User, session_id: str, refresh_jti: str,
+            refresh_expires_at: float | None = None) -> dict[str, Any]:
     return {
         "token": auth.encode_token(user.id, user.username, session_id),
         "token_type": "bearer",
         "expires_in": auth.access_seconds,
-        "refresh_token": auth.encode_refresh_token(user.id, session_id, refresh_jti),
+        "refresh_token": auth.encode_refresh_token(user.id, session_id, refresh_jti, refresh_expires_at),
     }
 
 
@@ -41,64 +59,61 @@ async def me(user: CurrentUser) -> dict[str, str | None]:
 
 
 @router.get("/list", response_model=UserList, responses=REGISTERED_ERRORS)
-async def list_users(_: CurrentUser, store: StoreDep) -> dict[str, list[dict[str, str]]]:
-    return {"users": [{"id": u.id, "username": u.username} for u in await store.list_users()]}
+async def list_users(_: CurrentUser, store: StoreDep, limit: Annotated[int, Query(ge=1, le=100)] = 50,
+                     cursor: Annotated[Cursor | None, Query(description="`next_cursor` of the previous page")] = None,
+                     ) -> dict[str, Any]:
+    """A page of accounts, ordered by normalised (case-folded) username."""
+    users = await store.list_users(limit + 1, after=cursor)
+    more = len(users) > limit
+    del users[limit:]
+    return {"users": [{"id": u.id, "username": u.username} for u in users],
+            "next_cursor": encode_cursor(normalize_username(users[-1].username)) if more else None}
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut,
-             responses={409: {"model": Message, "description": "Username already taken"}})
-async def register(body: UserCreate, store: StoreDep, auth: AuthDep, anonymous: OptionalAnonymous) -> dict[str, str]:
-    """Create an account. Sent with an anonymous visitor's token, the visitor's cart moves into it."""
-    if await store.find_user(body.username):  # saves a bcrypt hash; the store checks again
-        raise HTTPException(status.HTTP_409_CONFLICT, "Username already taken")
-    hashed = await auth.get_password_hash(body.password)
-    try:
-        user = await store.add_user(body.username, hashed, merge_from=anonymous)
-    except UsernameTaken:
-        raise HTTPException(status.HTTP_409_CONFLICT, "Username already taken") from None
+def _caller(request: Request, client: str, anonymous: str | None) -> Caller:
+    return Caller(client, disconnect_watch(request), anonymous)
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut, responses={
+    409: {"model": Message, "description": "Username already taken"}, 429: TOO_MANY, 503: BUSY})
+async def register(body: UserCreate, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
+                   limiter: LimiterDep, anonymous: OptionalAnonymous) -> dict[str, str]:
+    """Create an account. Sent with an anonymous visitor's token, the visitor's data moves into it."""
+    user = await accounts.register(body.username, body.password, _caller(request, client, anonymous),
+                                   store, auth, limiter)
     return {"id": user.id, "username": user.username}
 
 
 @router.post("/login", response_model=TokenOut, responses={
     401: {"model": Message, "description": INVALID_LOGIN},
-    429: {"model": Message, "description": "Too many failed logins for this username; see Retry-After"},
+    429: {"model": Message, "description": "Over this address's budget, or too many failed logins for this "
+                                           "username (from this address, or from all); see Retry-After"},
+    503: BUSY,
 })
-async def login(body: LoginRequest, store: StoreDep, auth: AuthDep, settings: SettingsDep,
-                anonymous: OptionalAnonymous) -> dict[str, Any]:
+async def login(body: LoginRequest, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
+                limiter: LimiterDep, settings: SettingsDep, anonymous: OptionalAnonymous) -> dict[str, Any]:
     """Trade a username and password for an access token and a refresh token."""
-    try:
-        await store.begin_login(body.username, settings.login_max_failures, settings.login_lockout_seconds)
-    except RateLimited as exc:
-        raise too_many_requests("Too many failed login attempts; try again later", exc.retry_after) from None
-    user = await store.find_user(body.username)
-    verified = await auth.verify_password(body.password, user.password if user else None)  # always hashes
-    if user is None or not verified:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN)
-    if auth.needs_rehash(user.password):  # BCRYPT_ROUNDS changed: keep every hash at one cost
-        await store.set_password(user.id, await auth.get_password_hash(body.password))
-    jti = uuid.uuid4().hex
-    try:
-        session_id = await store.complete_login(user, jti, time.time() + auth.refresh_seconds, merge_from=anonymous)
-    except UnknownOwner:  # deleted while its password was being checked
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN) from None
-    return _tokens(auth, user, session_id, jti)
+    done = await accounts.login(body.username, body.password, _caller(request, client, anonymous),
+                                store, auth, limiter, settings)
+    return _tokens(auth, done.user, done.session_id, done.refresh_jti)
 
 
 @router.post("/refresh", response_model=TokenOut, responses={401: {"model": Message}})
-async def refresh(body: RefreshRequest, store: StoreDep, auth: AuthDep) -> dict[str, Any]:
+async def refresh(body: RefreshRequest, store: StoreDep, auth: AuthDep, settings: SettingsDep) -> dict[str, Any]:
     """Rotate: a new access and refresh token; the old refresh token is spent. Presenting a spent
-    one again ends the whole session (it was copied), logging out thief and owner alike."""
+    one again ends the whole session (it was copied), logging out thief and owner alike, unless
+    it was spent less than ``REFRESH_REUSE_GRACE_SECONDS`` ago (two tabs refreshing at once):
+    then the answer carries the session's current refresh token."""
     try:
         claims = auth.decode_token(body.refresh_token, kinds=("refresh",))
     except TokenError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
-    jti = uuid.uuid4().hex
-    rotated = await store.rotate_session(claims["sid"], claims["sub"], claims["jti"], jti,
-                                         time.time() + auth.refresh_seconds)
+    rotated = await store.rotate_session(claims["sid"], claims["sub"], claims["jti"], uuid.uuid4().hex,
+                                         time.time() + auth.refresh_seconds, settings.refresh_reuse_grace_seconds)
     user = await store.get_user(claims["sub"])
-    if not rotated or user is None:
+    if rotated is None or user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid token")
-    return _tokens(auth, user, claims["sid"], jti)
+    return _tokens(auth, user, claims["sid"], rotated.jti, rotated.expires_at)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=AUTH_ERRORS)

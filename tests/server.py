@@ -39,7 +39,8 @@ def server_env(users_file: Path, **overrides: str | None) -> dict[str, str]:
     """``os.environ`` plus a test configuration; an override of ``None`` removes the variable."""
     env = dict(os.environ)
     env.update(USERS_FILE=str(users_file), JWT_SECRET=secrets.token_urlsafe(36),
-               BCRYPT_ROUNDS="4", ANONYMOUS_LOGIN_RATE_LIMIT="0")
+               BCRYPT_ROUNDS="4", ANONYMOUS_LOGIN_RATE_LIMIT="0",
+               LOGIN_RATE_LIMIT="0", REGISTER_RATE_LIMIT="0")
     for name, value in overrides.items():
         if value is None:
             env.pop(name, None)

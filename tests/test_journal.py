@@ -47,7 +47,7 @@ async def test_compaction_folds_the_journal_and_other_workers_reload(tmp_path: P
     snapshot = json.loads(path.read_text())
     assert len(snapshot["users"]) >= 40
     reader.refresh()
-    assert len(await reader.list_users()) == 41
+    assert len(await reader.list_users(1000)) == 41
     await reader.add_user("from-reader", HASH)
     writer.refresh()
     assert await writer.find_user("from-reader") is not None
@@ -85,7 +85,7 @@ async def test_an_unpublished_tail_is_cut_by_the_next_writer(tmp_path: Path) -> 
         f.write(b'[["users","ghost",{"id":"ghost","username":"ghost","password":"x"}]]\n[["us')
     await second.add_user("two", HASH)
     assert await opened(path).find_user("ghost") is None
-    assert {u.username for u in await opened(path).list_users()} == {"one", "two"}
+    assert {u.username for u in await opened(path).list_users(1000)} == {"one", "two"}
 
 
 @pytest.mark.parametrize("content", [b'{"users": [', b"[]", b'{"users": {}}', b'{"users": [{"id": 1}]}',
@@ -145,7 +145,7 @@ async def test_a_crash_between_snapshot_and_journal_removal_replays_harmlessly(t
     store._db._write_snapshot()  # the fold's first half; the "crash" leaves the journal behind
     assert (tmp_path / "users.json.journal").exists()
     reopened = opened(path)
-    assert [u.id for u in await reopened.list_users()] == [second.id]
+    assert [u.id for u in await reopened.list_users(1000)] == [second.id]
 
 
 async def test_a_torn_transaction_is_all_or_nothing(tmp_path: Path) -> None:

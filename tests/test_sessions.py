@@ -26,7 +26,12 @@ async def test_refresh_rotates_both_tokens(client: Client) -> None:
     assert third.status_code == 200
 
 
-async def test_reusing_a_spent_refresh_token_revokes_the_family(client: Client) -> None:
+async def test_reusing_a_spent_refresh_token_revokes_the_family(tmp_path: Path) -> None:
+    async for client in running(make_settings(tmp_path, refresh_reuse_grace_seconds=0)):
+        await _reuse_revokes_the_family(client)
+
+
+async def _reuse_revokes_the_family(client: Client) -> None:
     victim = await client.session_for("marko")
     stolen = victim["refresh_token"]
     rotated = (await client.post("/users/refresh", json={"refresh_token": stolen})).json()
@@ -126,7 +131,8 @@ async def test_revocations_survive_a_restart_and_expired_entries_are_pruned(tmp_
         kept = (await client.login("marko")).json()
         await client.post("/users/logout", headers=bearer(ended["token"]))
         store = client.app.state.store  # type: ignore[attr-defined]
-        expired = await store.complete_login(await store.find_user("marko"), "jti", time.time() - 1)
+        expired = await store.complete_login(await store.find_user("marko"), "127.0.0.1", 0.0, "jti",
+                                             time.time() - 1)
         for _ in range(2):
             await client.login("marko", "wrong-pass")
     async for client in running(settings):  # restarted: the lifespan prunes at start

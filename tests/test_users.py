@@ -127,7 +127,7 @@ async def test_concurrent_registrations_one_winner_and_group_commit(client: Clie
     assert [r.status_code for r in results[:50]] == [201] * 50
     assert sorted(r.status_code for r in results[50:]) == [201] + [409] * 19
     token = await client.token_for("checker")
-    users = (await client.get("/users/list", headers=bearer(token))).json()["users"]
+    users = (await client.get("/users/list?limit=100", headers=bearer(token))).json()["users"]
     assert len(users) == 52
 
 
