@@ -28,13 +28,17 @@ class Budget:
     window: float  # seconds
 
 
+RECENT_SECONDS = 5.0  # totals are fetched for keys hit this recently, even without new counts
+
+
 class _Count:
-    __slots__ = ("expires_at", "pending", "shared")
+    __slots__ = ("expires_at", "last_hit", "pending", "shared")
 
     def __init__(self, expires_at: float) -> None:
         self.shared = 0  # every worker's count, as of the last share (this worker's included)
         self.pending = 0  # this worker's count since then
         self.expires_at = expires_at
+        self.last_hit = 0.0
 
 
 class RateLimiter:
@@ -59,6 +63,7 @@ class RateLimiter:
         prefix = f"{kind}:{client_key(client)}:"
         current = self._count(prefix + str(int(index)), (index + 2) * budget.window)  # counts as "previous" too
         previous = self._counts.get(prefix + str(int(index) - 1))
+        current.last_hit = now
         used_now = current.shared + current.pending
         used_before = previous.shared + previous.pending if previous is not None else 0
         weight = 1 - into / budget.window
@@ -75,12 +80,14 @@ class RateLimiter:
         return max(1.0, budget.window * (1 - (budget.limit - used_now) / used_before) - into)
 
     async def share(self) -> None:
-        """Add this worker's new counts to the store's and learn every worker's totals; forget
-        windows that can no longer count."""
+        """Add this worker's new counts to the store's and learn every worker's totals for the
+        addresses it has seen lately (a worker that counted nothing new still learns the others'
+        counts); forget windows that can no longer count."""
         now = time.time()
         for key in [k for k, c in self._counts.items() if c.expires_at < now]:
             del self._counts[key]
-        sent = {key: c.pending for key, c in self._counts.items() if c.pending}
+        recent = now - RECENT_SECONDS
+        sent = {key: c.pending for key, c in self._counts.items() if c.pending or c.last_hit > recent}
         if not sent:
             return
         totals = await self._store.count_requests({k: (n, self._counts[k].expires_at) for k, n in sent.items()})

@@ -352,7 +352,8 @@ class JsonStore:
             changes: list[Change] = []
             for key, (count, expires_at) in counts.items():
                 totals[key] = self.t["request_counts"].get(key, {}).get("count", 0) + count
-                changes.append(("request_counts", key, {"count": totals[key], "expires_at": expires_at}))
+                if count:  # 0: only asking for the total
+                    changes.append(("request_counts", key, {"count": totals[key], "expires_at": expires_at}))
             return totals, changes
 
         return await self._transact(tx)
@@ -363,40 +364,44 @@ class JsonStore:
         """Count the attempt as a failure before the password is checked, so concurrent guesses
         cannot slip past the limits; ``complete_login`` takes it back. Raises ``RateLimited`` while
         this (username, address) pair has ``max_failures`` failures within the window, or while the
-        username is locked for every address: ``max_failures_per_account`` failures from all
-        addresses within the window lock it, for the window's length, doubled for each further
-        round (up to a day). Unknown usernames count the same way, so a 429 tells nothing about
+        username is locked for every address: once it has ``max_failures_per_account`` failures
+        from all addresses within the window, the next attempt locks it for the window's length,
+        doubled for each further round (up to a day). Unknown usernames count the same way, so a 429 tells nothing about
         which accounts exist. Returns the attempt's time, for ``complete_login``."""
         name = normalize_username(username)
         pair_key, account_key = "pair:" + client_key(name + "\0" + client), "account:" + name
 
-        def tx() -> tuple[float, list[Change]]:
+        def tx() -> tuple[tuple[float, float | None], list[Change]]:
             now = time.time()
             since = now - rules.window
             rows = self.t["login_failures"]
             changes: list[Change] = []
+            if rules.max_failures_per_account:
+                account = rows.get(account_key, {})
+                if account.get("locked_until", 0) > now:
+                    raise RateLimited(account["locked_until"] - now)
+                lock_round = account.get("round", 0)
+                failures = [t for t in account.get("at", ()) if t > since]
+                if len(failures) >= rules.max_failures_per_account:  # the round is full: lock, and say so
+                    lock = min(rules.window * 2 ** lock_round, MAX_ACCOUNT_LOCK_SECONDS)
+                    doc = {"at": [], "round": lock_round + 1, "locked_until": now + lock,
+                           "until": now + lock + ROUND_MEMORY_SECONDS}
+                    return (now, lock), [("login_failures", account_key, doc)]
+                keep = now + rules.window + (ROUND_MEMORY_SECONDS if lock_round else 0)
+                doc = {"at": [*failures, now], "round": lock_round, "locked_until": 0, "until": keep}
+                changes.append(("login_failures", account_key, doc))
             if rules.max_failures:
                 failures = [t for t in rows.get(pair_key, {}).get("at", ()) if t > since]
                 if len(failures) >= rules.max_failures:
                     raise RateLimited(failures[-rules.max_failures] - since)
                 failures = [*failures, now][-rules.max_failures:]
                 changes.append(("login_failures", pair_key, {"at": failures, "until": now + rules.window}))
-            if rules.max_failures_per_account:
-                account = rows.get(account_key, {})
-                if account.get("locked_until", 0) > now:
-                    raise RateLimited(account["locked_until"] - now)
-                lock_round = account.get("round", 0)
-                failures = [*(t for t in account.get("at", ()) if t > since), now]
-                locked_until = 0.0
-                if len(failures) >= rules.max_failures_per_account:  # this one ends the round
-                    locked_until = now + min(rules.window * 2 ** lock_round, MAX_ACCOUNT_LOCK_SECONDS)
-                    failures, lock_round = [], lock_round + 1
-                keep = max(now + rules.window, locked_until) + (ROUND_MEMORY_SECONDS if lock_round else 0)
-                doc = {"at": failures, "round": lock_round, "locked_until": locked_until, "until": keep}
-                changes.append(("login_failures", account_key, doc))
-            return now, changes
+            return (now, None), changes
 
-        return await self._transact(tx)
+        attempt, locked_for = await self._transact(tx)
+        if locked_for is not None:  # raised here: a transaction that raises writes nothing
+            raise RateLimited(locked_for)
+        return attempt
 
     async def complete_login(self, user: User, client: str, attempt: float, refresh_jti: str, expires_at: float,
                              merge_from: str | None = None) -> str:
