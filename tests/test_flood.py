@@ -1,0 +1,119 @@
+"""Abuse against real uvicorn processes: a login flood at the default bcrypt cost, abandoned
+requests, forged X-Forwarded-For values, and per-address budgets shared by workers."""
+
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from server import Server
+
+PASSWORD = "password123"
+MAX_WAIT = 2.0  # HASH_QUEUE_MAX_WAIT_SECONDS's default
+
+
+def credentials(username: str, password: str = PASSWORD) -> dict[str, str]:
+    return {"username": username, "password": password}
+
+
+def client_from(server: Server, address: str, timeout: float) -> httpx.Client:
+    """A client whose connections leave from ``address`` (another loopback address is another client)."""
+    transport = httpx.HTTPTransport(local_address=address)
+    return httpx.Client(base_url=server.url, timeout=timeout, transport=transport)
+
+
+def abandoned_login(server: Server, address: str) -> None:
+    """Send a whole login request and close the connection at once, without reading the answer."""
+    body = f'{{"username": "ghost-{uuid.uuid4().hex[:8]}", "password": "guess-guess"}}'.encode()
+    request = (f"POST /users/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", server.port), source_address=(address, 0)) as sock:
+        sock.sendall(request)
+
+
+def timed_login(client: httpx.Client, username: str) -> tuple[int, float]:
+    started = time.monotonic()
+    response = client.post("/users/login", json=credentials(username))  # a timeout raises: a failure
+    return response.status_code, time.monotonic() - started
+
+
+def test_a_login_flood_does_not_stall_a_real_user(tmp_path: Path) -> None:
+    """8 connections from 127.0.0.2 guess random usernames for 10 s at cost 12 (2 of them close each
+    request at once); the owner logs in from 127.0.0.1 meanwhile: 200 every time, within the
+    queue's bound plus one second."""
+    with Server(tmp_path / "users.json", BCRYPT_ROUNDS=None) as server:  # the default cost, 12
+        with client_from(server, "127.0.0.1", timeout=30) as owner:
+            assert owner.post("/users/register", json=credentials("owner")).status_code == 201
+        stop = threading.Event()
+        flood_answers: list[int] = []
+
+        def guess() -> None:
+            with client_from(server, "127.0.0.2", timeout=30) as attacker:
+                while not stop.is_set():
+                    flood_answers.append(attacker.post("/users/login", json=credentials(uuid.uuid4().hex[:12])).status_code)
+
+        def abandon() -> None:
+            while not stop.is_set():
+                abandoned_login(server, "127.0.0.2")
+                time.sleep(0.01)
+
+        threads = [threading.Thread(target=guess) for _ in range(6)] + [threading.Thread(target=abandon) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        logins: list[tuple[int, float]] = []
+        try:
+            time.sleep(1)  # the flood is in full swing
+            with client_from(server, "127.0.0.1", timeout=MAX_WAIT + 1) as owner:
+                deadline = time.monotonic() + 9
+                while time.monotonic() < deadline:
+                    logins.append(timed_login(owner, "owner"))
+                    time.sleep(0.5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert len(logins) >= 5 and all(code == 200 for code, _ in logins), logins
+        assert len(flood_answers) >= 20 and set(flood_answers) <= {401, 503}, set(flood_answers)
+
+
+def test_abandoned_logins_are_never_hashed(tmp_path: Path) -> None:
+    """60 logins sent and abandoned, then a real one from the same address: with no bound on the
+    queue (HASH_QUEUE_MAX_WAIT_SECONDS=0), only dropping the abandoned ones keeps it under 3 s
+    (hashing all 60 at cost 12 takes about 8 s on two cores)."""
+    with Server(tmp_path / "users.json", BCRYPT_ROUNDS=None, HASH_QUEUE_MAX_WAIT_SECONDS="0") as server:
+        with client_from(server, "127.0.0.1", timeout=30) as owner:
+            assert owner.post("/users/register", json=credentials("owner")).status_code == 201
+        for _ in range(60):
+            abandoned_login(server, "127.0.0.1")
+        with client_from(server, "127.0.0.1", timeout=MAX_WAIT + 1) as owner:
+            code, _ = timed_login(owner, "owner")
+        assert code == 200
+
+
+def test_forwarded_values_that_are_not_addresses_share_one_bucket(tmp_path: Path) -> None:
+    """uvicorn trusts X-Forwarded-For from 127.0.0.1 (its default --forwarded-allow-ips)."""
+    with Server(tmp_path / "users.json", LOGIN_RATE_LIMIT="2") as server, \
+            httpx.Client(base_url=server.url, timeout=20) as client:
+        def login_as(forwarded: str) -> int:
+            return client.post("/users/login", json=credentials("ghost"),
+                               headers={"X-Forwarded-For": forwarded}).status_code
+
+        assert [login_as(v) for v in ("not-an-ip", "unknown", "999.1.1.1")] == [401, 401, 429]
+        assert [login_as("203.0.113.9") for _ in range(3)] == [401, 401, 429]
+        assert login_as("203.0.113.10") == 401
+
+
+def test_workers_share_the_login_budget(tmp_path: Path) -> None:
+    with Server(tmp_path / "users.json", workers=2, LOGIN_RATE_LIMIT="10") as server:
+        limits = httpx.Limits(max_keepalive_connections=0)  # a new connection each: both workers serve
+        with httpx.Client(base_url=server.url, timeout=20, limits=limits) as client:
+            # another name each time: this counts the address's budget, not a lockout
+            first = [client.post("/users/login", json=credentials(f"ghost{i}")).status_code for i in range(10)]
+            assert first == [401] * 10
+            assert len(server.served_by("POST /users/login")) == 2, "the logins did not reach both workers"
+            time.sleep(2.5)  # each worker has shared its counts and learnt the other's
+            later = [client.post("/users/login", json=credentials(f"ghost{i}")).status_code for i in range(10, 20)]
+        assert later == [429] * 10
