@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authentication import AuthHandler
+from deps import COMMON_ERRORS
 from ratelimit import Budget, RateLimiter
 from routers import anonymous, shop, users
 from settings import Settings
@@ -163,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     swagger = settings.frontend_dir / "swagger"
     self_hosted_docs = (swagger / "swagger-ui-bundle.js").is_file()
-    app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan, redoc_url=None,
+    app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan, redoc_url=None, responses=COMMON_ERRORS,
                   docs_url=None if self_hosted_docs else "/docs",
                   description="JWT authentication over a durable JSON user store, with anonymous sessions.")
     app.state.settings = settings

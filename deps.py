@@ -242,6 +242,10 @@ CurrentIdentity = Annotated[Identity, Security(BearerIdentity(registered_only=Fa
 CurrentUser = Annotated[Identity, Security(BearerIdentity(registered_only=True))]
 OptionalAnonymous = Annotated[str | None, Security(AnonymousVisitor())]
 
+# Every route: app.HeaderLimit answers it before routing (declared on each router and the app).
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    431: {"model": Message, "description": "Request headers over 16 KiB in all"},
+}
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "Missing, invalid, expired or revoked token"},
 }

@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter
 
-from deps import AuthDep, ClientAddress, SettingsDep, StoreDep, too_many_requests
+from deps import COMMON_ERRORS, AuthDep, ClientAddress, SettingsDep, StoreDep, too_many_requests
 from models import AnonymousTokenOut, Message
 from store import RateLimited
 
-router = APIRouter(tags=["anonymous"])
+router = APIRouter(tags=["anonymous"], responses=COMMON_ERRORS)
 
 
 @router.post("/anonymous-login", response_model=AnonymousTokenOut, responses={

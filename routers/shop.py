@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter, HTTPException, status
 
-from deps import AUTH_ERRORS, CurrentIdentity, IdentityRoute, StoreDep, unauthorized
+from deps import AUTH_ERRORS, COMMON_ERRORS, CurrentIdentity, IdentityRoute, StoreDep, unauthorized
 from models import Cart, Catalogue, Item, Message, Quantity
 from store import UnknownOwner
 
-router = APIRouter(tags=["shop"], route_class=IdentityRoute)
+router = APIRouter(tags=["shop"], route_class=IdentityRoute, responses=COMMON_ERRORS)
 
 CATALOGUE = {item.id: item for item in (
     Item(id=1, name="Espresso beans, 1 kg", price=24.5),

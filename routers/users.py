@@ -11,6 +11,7 @@ from accounts import INVALID_LOGIN, Caller
 from authentication import AuthHandler, TokenError
 from deps import (
     AUTH_ERRORS,
+    COMMON_ERRORS,
     REGISTERED_ERRORS,
     AuthDep,
     ClientAddress,
@@ -37,7 +38,7 @@ from models import (
 )
 from store import User
 
-router = APIRouter(prefix="/users", tags=["users"], route_class=IdentityRoute)
+router = APIRouter(prefix="/users", tags=["users"], route_class=IdentityRoute, responses=COMMON_ERRORS)
 
 TOO_MANY = {"model": Message, "description": "Over this client address's budget; see Retry-After"}
 BUSY = {"model": Message, "description": "Too many password checks queued; see Retry-After"}

@@ -262,3 +262,13 @@ async def test_an_older_token_than_the_last_one_revokes_even_within_the_grace(tm
         third = (await client.post("/users/refresh", json={"refresh_token": second["refresh_token"]})).json()
         assert (await client.post("/users/refresh", json={"refresh_token": first["refresh_token"]})).status_code == 401
         assert (await client.get("/users/me", headers=bearer(third["token"]))).status_code == 401
+
+
+async def test_openapi_declares_the_new_answers(client: Client) -> None:
+    operations = {(method.upper(), path): op for path, ops in (await client.get("/openapi.json")).json()["paths"].items()
+                  for method, op in ops.items()}
+    assert all("431" in op["responses"] for op in operations.values())
+    for route in (("POST", "/users/login"), ("POST", "/users/register")):
+        assert {"429", "503"} <= set(operations[route]["responses"])
+    assert "429" in operations[("POST", "/anonymous-login")]["responses"]
+    assert "422" in operations[("GET", "/users/list")]["responses"]
