@@ -96,6 +96,10 @@ def _ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
     return [x / y for x, y in zip(a, b, strict=False) if y]
 
 
+def _p99(samples: list[float]) -> float:
+    return sorted(samples)[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
 def _users(n: int) -> str:
     return f"{n:,} users"
 
@@ -172,6 +176,18 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
     rows.append(Row(
         "startup_s", "8b", "start-up, spawn → /health 200, s", _users(big), "≤ 2",
         Stat.of(ours["startup_seconds"]), check=("<=", 2.0),
+    ))
+    abuse = ours["abuse"]
+    rows.append(Row(
+        "flood_login_p99", "9", "real user's login p99 during a login flood ÷ idle",
+        "8 connections, 2 abandoning, cost 12", "≤ 3",
+        Stat.of(_ratios([_p99(s) for s in abuse["login_flood_ms"]], [_p99(s) for s in abuse["login_idle_ms"]])),
+        check=("<=", 3.0),
+    ))
+    rows.append(Row(
+        "list_health_p99", "10", "GET /health p99 while 4 clients page /users/list ÷ idle", _users(big), "≤ 3",
+        Stat.of(_ratios([r["p99_ms"] for r in abuse["list_busy"]], [r["p99_ms"] for r in abuse["list_idle"]])),
+        check=("<=", 3.0), note=_invalid(abuse["list_busy"]),
     ))
     rows.append(Row(
         "login_latency_ms", "i1", "POST login latency, one client, median ms",

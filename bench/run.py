@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import json
 import os
 import platform
@@ -27,7 +28,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -127,6 +130,29 @@ def timed_ms(fn: Any, n: int) -> list[float]:
         fn()
         out.append((time.perf_counter() - t) * 1000)
     return out
+
+
+def _p99(samples: list[float]) -> float:
+    return sorted(samples)[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def _flood(port: int, stop: threading.Event, answers: Counter[int], abandon: bool) -> None:
+    """Log in with random usernames from 127.0.0.2 until ``stop``; ``abandon``: close each
+    request's connection as soon as it is sent."""
+    while not stop.is_set():
+        body = json.dumps({"username": "x" + secrets.token_hex(6), "password": "guess-guess"})
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0))
+        try:
+            conn.request("POST", "/users/login", body=body, headers={"Content-Type": "application/json"})
+            if abandon:
+                answers[0] += 1
+                time.sleep(0.01)
+            else:
+                answers[conn.getresponse().status] += 1
+        except OSError:
+            answers[-1] += 1
+        finally:
+            conn.close()
 
 
 def route_missing(status: int, body: bytes) -> bool:
@@ -365,6 +391,55 @@ class Bench:
             + f"; one login alone {statistics.median(out['login_latency_ms']):.0f} ms")
         return out
 
+    def abuse(self) -> dict[str, Any]:
+        """Row 9: a real user's login times while 8 connections from 127.0.0.2 flood /users/login
+        with random usernames (2 of them abandon each request), against the same user's idle
+        logins. Row 10: /health p99 while 4 clients page /users/list (100 a page) at the largest
+        store, against idle. Budgets are off (start_ours): the flood reaches the hashing queue."""
+        cfg = self.cfg
+        out: dict[str, Any] = {"login_idle_ms": [], "login_flood_ms": [], "flood_answers": {},
+                               "list_idle": [], "list_busy": []}
+        with self.ours(cfg.storm_size, rounds=12, storm_user=True) as srv:
+            for _ in range(cfg.reps):
+                out["login_idle_ms"].append(timed_ms(lambda: login_ours(srv.port, STORM_USER), cfg.login_samples))
+                stop = threading.Event()
+                answers: Counter[int] = Counter()
+                flood = [threading.Thread(target=_flood, args=(srv.port, stop, answers, i < 2)) for i in range(8)]
+                for thread in flood:
+                    thread.start()
+                try:
+                    time.sleep(cfg.storm_margin)
+                    samples: list[float] = []
+                    end = time.monotonic() + cfg.duration
+                    while time.monotonic() < end or len(samples) < cfg.login_samples:
+                        samples += timed_ms(lambda: login_ours(srv.port, STORM_USER), 1)
+                finally:
+                    stop.set()
+                    for thread in flood:
+                        thread.join()
+                out["login_flood_ms"].append(samples)
+                for code, n in answers.items():
+                    out["flood_answers"][str(code)] = out["flood_answers"].get(str(code), 0) + n
+        say(f"  real-user login p99 idle {[round(_p99(s)) for s in out['login_idle_ms']]} ms, during the flood "
+            f"{[round(_p99(s)) for s in out['login_flood_ms']]} ms; flood answers {out['flood_answers']}")
+        big = cfg.sizes[-1]
+        health = RequestSpec("/health")
+        with self.ours(big) as srv:
+            pages = RequestSpec("/users/list?limit=100", headers={
+                "Authorization": f"Bearer {login_ours(srv.port, username_of(1))}"})
+            self.loader.run(srv.port, health, cfg.connections, cfg.warmup)
+            for _ in range(cfg.reps):
+                out["list_idle"].append(self.loader.run(srv.port, health, cfg.connections, cfg.duration).as_dict())
+                bg = self.loader.background(srv.port, pages, 4, cfg.duration + 2 * cfg.storm_margin)
+                try:
+                    time.sleep(cfg.storm_margin)
+                    out["list_busy"].append(self.loader.run(srv.port, health, cfg.connections, cfg.duration).as_dict())
+                    bg.result()
+                finally:
+                    bg.kill()
+        say(f"  {big:,} users: /health idle {_brief(out['list_idle'])}; while paging {_brief(out['list_busy'])}")
+        return out
+
     def register(self) -> dict[str, Any]:
         """32 clients registering new users, small store vs large, interleaved; fresh stores every repetition."""
         cfg = self.cfg
@@ -551,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"one bcrypt cost-12 check on one core: {statistics.median(raw['hash_cost12_seconds']) * 1000:.0f} ms")
         raw["ours"], raw["peer"] = bench.throughput()
         raw["ours"]["storm"] = bench.storm()
+        raw["ours"]["abuse"] = bench.abuse()
         raw["ours"]["register"] = bench.register()
         ok = True
     finally:

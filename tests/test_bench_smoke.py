@@ -25,6 +25,8 @@ ROWS = [
     ("register_scaling", "POST /users/register req/s (32 clients), large ÷ small store"),
     ("rss_mb", "process RSS after load (VmRSS), MB"),
     ("startup_s", "start-up, spawn → /health 200, s"),
+    ("flood_login_p99", "real user's login p99 during a login flood ÷ idle"),
+    ("list_health_p99", "GET /health p99 while 4 clients page /users/list ÷ idle"),
     ("login_latency_ms", "POST login latency, one client, median ms"),
     ("anonymous_login_rps", "POST /anonymous-login req/s"),
     ("cart_put_rps", "PUT /cart/items/1 req/s (registered user)"),
@@ -60,7 +62,7 @@ def test_quick_bench_prints_every_row_and_writes_every_key(tmp_path: Path) -> No
     assert {"command", "date", "nproc", "cpu_model", "versions", "load_tool", "wall_seconds"} <= doc["meta"].keys()
     assert {"python", "fastapi", "uvicorn", "pydantic", "pyjwt", "bcrypt", "peer fastapi-users"} <= (
         doc["meta"]["versions"].keys())
-    assert {"sizes", "extras", "rss_kib", "startup_seconds", "storm", "register"} <= doc["ours"].keys()
+    assert {"sizes", "extras", "rss_kib", "startup_seconds", "storm", "abuse", "register"} <= doc["ours"].keys()
     assert {"idle", "storm", "logins_per_s", "alone_logins_per_s", "login_latency_ms"} <= doc["ours"]["storm"].keys()
     assert {"size", "health", "me", "login_latency_ms"} <= doc["peer"].keys()
 
