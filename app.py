@@ -21,13 +21,14 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authentication import AuthHandler
-from routers import anonymous, shop, users
+from routers import anonymous, personal, shop, users
 from settings import Settings
 from store import JsonStore, StoreError
 
 log = logging.getLogger("uvicorn.error")
 MAX_BODY_BYTES = 64 * 1024
 MAINTENANCE_SECONDS = 3600
+VIEW_FLUSH_SECONDS = 1.0  # views are written at most this often per worker (store.py: record_view)
 
 
 async def _maintain(store: JsonStore, settings: Settings) -> None:
@@ -47,6 +48,16 @@ async def _maintain_periodically(store: JsonStore, settings: Settings) -> None:
             log.exception("store maintenance failed")
 
 
+async def _flush_views_periodically(store: JsonStore) -> None:
+    """Write the views this worker noted, in one transaction a second (none when idle)."""
+    while True:
+        await asyncio.sleep(VIEW_FLUSH_SECONDS)
+        try:
+            await store.flush_views()
+        except Exception:  # the views stay in memory; the next round tries again
+            log.exception("writing the browsing history failed")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -63,12 +74,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.store, app.state.auth = store, auth
     await _maintain(store, settings)
     maintenance = asyncio.create_task(_maintain_periodically(store, settings))
+    views = asyncio.create_task(_flush_views_periodically(store))
     try:
         yield
     finally:
-        maintenance.cancel()
-        with suppress(asyncio.CancelledError):
-            await maintenance
+        for task in (maintenance, views):
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        try:
+            await store.flush_views()  # a clean stop keeps every view
+        except Exception:
+            log.exception("writing the browsing history at shutdown failed")
         await store.drain()
         await asyncio.to_thread(store.close)  # folds the journal: file I/O, off the event loop
         auth.close()
@@ -150,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     # Routes are tried in order and each miss costs microseconds: hot routes first.
-    for router in (users.router, shop.router, anonymous.router):
+    for router in (users.router, shop.router, personal.router, anonymous.router):
         include_flat(app, router)
 
     if self_hosted_docs:  # Swagger UI's files from the SPA build (frontend/vite.config.js), not a CDN
