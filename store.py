@@ -107,6 +107,7 @@ class JsonStore:
         self._users: dict[str, User] = {}
         self._views: dict[str, dict[int, float]] = {}  # owner -> item -> viewed_at, not yet written
         self._flushing: dict[str, dict[int, float]] = {}  # being written by flush_views right now
+        self._last_view = 0.0
         self._db = JournaledTables(path, TABLES, self._index, self._reset_index, list_key=_legacy_id)
 
     @property
@@ -384,7 +385,7 @@ class JsonStore:
                 await self.flush_views()
             views = self._views.setdefault(owner, {})
         views.pop(item_id, None)  # a view again moves the item to the end (the newest)
-        views[item_id] = time.time()
+        self._last_view = views[item_id] = max(time.time(), self._last_view + 1e-6)  # strictly newer
         if len(views) > MAX_HISTORY:
             del views[next(iter(views))]
 
