@@ -12,7 +12,9 @@ notes it in this worker's memory and ``flush_views`` (called at most once a seco
 at a clean stop) writes every noted view in one transaction. A ``kill -9`` can lose the views of
 the last second or so; never a favourite, preference, cart line or account. This worker's own
 unflushed views are part of what it reads (``get_history``) and of what a register or login
-carries into the account; another worker sees them once they are flushed.
+carries into the account; another worker sees them once they are flushed, and views another worker
+noted for a visitor who has since registered or logged in follow it into the account (the
+``upgraded`` table remembers, for an hour, which account each visitor went into; nothing else).
 """
 
 import hashlib
@@ -29,12 +31,13 @@ from models import MAX_QUANTITY, normalize_username
 __all__ = ["JsonStore", "RateLimited", "Store", "StoreError", "UnknownOwner", "User", "UsernameTaken"]
 
 TABLES = ("users", "anonymous", "carts", "sessions", "login_failures", "anonymous_logins",
-          "history", "favourites", "preferences")
+          "history", "favourites", "preferences", "upgraded")
 PERSONAL_TABLES = ("carts", "history", "favourites", "preferences")  # rows keyed by owner, gone with it
 ACTIVITY_GRANULARITY = 60.0  # seconds: record an anonymous visitor's activity at most this often
 MAX_HISTORY = 50  # distinct items per owner; an older view drops off the end
 MAX_FAVOURITES = 1000  # a backstop: the routes only accept catalogue items
 MAX_PENDING_OWNERS = 10_000  # unflushed views of this many owners: flush now rather than grow
+UPGRADE_MEMORY = 3600.0  # seconds: how long a visitor carried into an account is remembered (see flush_views)
 
 
 class UsernameTaken(Exception):
@@ -183,6 +186,7 @@ class JsonStore:
             if user_id not in self._users:
                 return False, []
             changes: list[Change] = [("users", user_id, None), *self._owned_rows(user_id)]
+            changes += [("upgraded", k, None) for k, v in self.t["upgraded"].items() if v["user_id"] == user_id]
             self._views.pop(user_id, None)
             changes += [("sessions", sid, None) for sid, s in self.t["sessions"].items() if s["user_id"] == user_id]
             return True, changes
@@ -277,6 +281,7 @@ class JsonStore:
         changes: list[Change] = [("anonymous", anonymous_id, None)]
         if anonymous_id in self.t["carts"]:
             changes += [("carts", anonymous_id, None), ("carts", user_id, merged)]
+        changes.append(("upgraded", anonymous_id, {"user_id": user_id, "at": time.time()}))
         return changes + self._merge_personal_changes(anonymous_id, user_id)
 
     # -- login sessions (a refresh-token family) -----------------------------------------------
@@ -316,6 +321,7 @@ class JsonStore:
             changes += [("login_failures", k, None) for k, v in self.t["login_failures"].items() if v["until"] < now]
             changes += [("anonymous_logins", k, None) for k, v in self.t["anonymous_logins"].items()
                         if now - v["since"] >= 3600]
+            changes += [("upgraded", k, None) for k, v in self.t["upgraded"].items() if now - v["at"] >= UPGRADE_MEMORY]
             return None, changes
 
         await self._transact(tx)
@@ -397,14 +403,18 @@ class JsonStore:
         self._flushing, self._views = self._views, {}
 
         def tx() -> tuple[int, list[Change]]:
-            changes: list[Change] = []
+            by_owner: dict[str, list[tuple[int, float]]] = {}
             for owner, views in self._flushing.items():
+                if not self._exists(owner):  # a visitor that became an account: its views go there
+                    owner = self.t["upgraded"].get(owner, {}).get("user_id", "")
                 if self._exists(owner):
-                    row = self._history_row(owner)
-                    cleared = row.get("cleared_at") or 0.0
-                    fresh = [(item, at) for item, at in views.items() if at > cleared]
-                    items = _merge_history(row.get("items", []), fresh)
-                    changes.append(("history", owner, {"items": items, "cleared_at": row.get("cleared_at")}))
+                    by_owner.setdefault(owner, []).extend(views.items())
+            changes: list[Change] = []
+            for owner, views in by_owner.items():
+                row = self._history_row(owner)
+                cleared = row.get("cleared_at") or 0.0
+                items = _merge_history(row.get("items", []), [(item, at) for item, at in views if at > cleared])
+                changes.append(("history", owner, {"items": items, "cleared_at": row.get("cleared_at")}))
             return len(changes), changes
 
         try:

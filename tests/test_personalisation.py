@@ -340,3 +340,30 @@ async def test_views_of_a_removed_owner_are_dropped(tmp_path: Path) -> None:
         await view(client, bearer(token), 1)
         assert (await client.delete("/users/me", headers=bearer(token))).status_code == 204
         assert await client.app.state.store.flush_views() == 0  # type: ignore[attr-defined]
+
+
+async def test_views_noted_by_another_worker_follow_the_visitor_into_the_account(tmp_path: Path) -> None:
+    """Two stores on one file, as two workers: a view noted (not yet written) by one, a register
+    with the visitor's token on the other; the first one's flush puts the view in the account."""
+    first, second = JsonStore(tmp_path / "users.json"), JsonStore(tmp_path / "users.json")
+    first.open()
+    second.open()
+    try:
+        visitor = await first.add_anonymous("client", 0)
+        await first.record_view(visitor, 3)
+        second.refresh()
+        await second.record_view(visitor, 2)
+        user = await second.add_user("marko", "not-a-hash", merge_from=visitor)
+        assert [item for item, _ in await second.get_history(user.id)] == [2]
+        assert await first.flush_views() == 1
+        second.refresh()
+        assert [item for item, _ in await second.get_history(user.id)] == [2, 3]  # by time
+        assert await second.delete_user(user.id)
+        first.refresh()
+        await first.record_view(visitor, 4)
+        assert await first.flush_views() == 0  # the account is gone: so are the visitor's late views
+    finally:
+        for store in (first, second):
+            await store.drain()
+        first.close()
+        second.close()
