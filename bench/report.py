@@ -189,6 +189,18 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
         )
         rows.append(Row(key, num, name, _users(cmp_n), "info", value, digits=0,
                         note=_invalid(data) if isinstance(data, list) else ""))
+    personal = ours.get("personal")
+    for key, num, name, field in (
+        ("item_view_over_health", "9", "GET /items/{id} (a view) ÷ GET /health, req/s, same server", "item"),
+        ("items_history_over_health", "10", "GET /items/ with a full history ÷ GET /health, req/s, same server",
+         "items"),
+    ):
+        if isinstance(personal, dict):
+            rows.append(Row(key, num, name, _users(cmp_n), "≥ 0.6",
+                            Stat.of(_ratios(_rps(personal[field]), _rps(personal["health"]))), check=(">=", 0.6),
+                            note=_invalid(personal[field], personal["health"])))
+        else:
+            rows.append(Row(key, num, name, _users(cmp_n), "≥ 0.6", "n/a: route missing"))
     return rows
 
 
@@ -250,6 +262,11 @@ def raw_rows(raw: dict[str, Any]) -> list[list[str]]:
         data = ours["extras"].get(field)
         if isinstance(data, list):
             add("ours", label, data)
+    personal = ours.get("personal")
+    if isinstance(personal, dict):
+        add("ours", "GET /health (beside rows 9 and 10)", personal["health"])
+        add("ours", "GET /items/7 (a view)", personal["item"])
+        add("ours", "GET /items/, a full history", personal["items"])
     return out
 
 
