@@ -367,3 +367,22 @@ async def test_views_noted_by_another_worker_follow_the_visitor_into_the_account
             await store.drain()
         first.close()
         second.close()
+
+
+async def test_openapi_declares_every_status(client: Client) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    expected = {
+        ("/items/", "get"): {"200", "401", "422"},
+        ("/items/{item_id}", "get"): {"200", "401", "404", "422"},
+        ("/history", "get"): {"200", "401"},
+        ("/history", "delete"): {"204", "401"},
+        ("/favourites", "get"): {"200", "401"},
+        ("/favourites/{item_id}", "put"): {"200", "401", "404", "422"},
+        ("/favourites/{item_id}", "delete"): {"200", "401", "404", "422"},
+        ("/preferences", "get"): {"200", "401"},
+        ("/preferences", "patch"): {"200", "401", "422"},
+        ("/users/me/data", "get"): {"200", "401", "403"},
+    }
+    for (path, method), statuses in expected.items():
+        assert set(paths[path][method]["responses"]) == statuses, (path, method)
+        assert paths[path][method]["security"] == [{"HTTPBearer": []}], (path, method)
