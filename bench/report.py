@@ -292,6 +292,9 @@ Notes
   closed-loop /health load (row 6) the core is shared with the event loop, so row 6 cannot be near 1 while
   row 5 is ≥ 0.5; it is reported without a target. Row 6b measures the same storm with no other load, where
   "near one hash per core-time" is the issue's target #6 (≥ 0.9).
+- Rows 9 and 10: one registered caller whose history holds every catalogue item (a full history: the
+  catalogue is smaller than the 50-entry cap), three favourites and a cart line; GET /items/7 records a
+  view each time (views are written once a second), interleaved with /health and GET /items/ on one server.
 - Peer: fastapi-users with SQLite/aiosqlite (bench/peer/app.py), same FastAPI/pydantic versions as ours, its
   default password hasher (argon2 via pwdlib); its users are bulk-inserted with one hash.
 """
