@@ -431,9 +431,13 @@ class JsonStore:
 
     def _history_items(self, owner: str) -> list[list[Any]]:
         """Stored history plus this worker's unwritten views of ``owner``, newest first."""
-        items = self._history_row(owner).get("items", [])
+        row = self._history_row(owner)
+        items = row.get("items", [])
         pending = [*self._flushing.get(owner, {}).items(), *self._views.get(owner, {}).items()]
-        return _merge_history(items, pending) if pending else items
+        if not pending:
+            return items
+        cleared = row.get("cleared_at") or 0.0  # a flush under way may still hold views from before it
+        return _merge_history(items, [(item, at) for item, at in pending if at > cleared])
 
     async def get_history(self, owner: str) -> list[tuple[int, float]]:
         return [(int(item), float(at)) for item, at in self._history_items(owner)]
