@@ -149,8 +149,8 @@ class Preferences(BaseModel):
 class PreferencesPatch(Strict):
     """Any subset of the preferences; an unknown key or value is a 422."""
 
-    sort: SortOrder = "catalogue"
-    theme: Theme = "system"
+    sort: SortOrder = Field(None, description="omitted: unchanged")  # type: ignore[assignment]
+    theme: Theme = Field(None, description="omitted: unchanged")  # type: ignore[assignment]
 
 
 class SessionInfo(BaseModel):
