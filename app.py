@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from authentication import AuthHandler
 from deps import COMMON_ERRORS
 from ratelimit import Budget, RateLimiter
-from routers import anonymous, shop, users
+from routers import anonymous, personal, shop, users
 from settings import Settings
 from store import JsonStore, StoreError
 
@@ -32,6 +32,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 MAINTENANCE_SECONDS = 3600
 SHARE_COUNTS_SECONDS = 1.0
+VIEW_FLUSH_SECONDS = 1.0  # views are written at most this often per worker (store.py: record_view)
 
 
 async def _maintain(store: JsonStore, settings: Settings) -> None:
@@ -75,7 +76,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await _maintain(store, settings)
     tasks = [asyncio.create_task(_periodically(MAINTENANCE_SECONDS, lambda: _maintain(store, settings),
                                                "store maintenance")),
-             asyncio.create_task(_periodically(SHARE_COUNTS_SECONDS, limiter.share, "sharing request counts"))]
+             asyncio.create_task(_periodically(SHARE_COUNTS_SECONDS, limiter.share, "sharing request counts")),
+             # views this worker noted, one transaction a second (none when idle); on failure they
+             # stay in memory for the next round
+             asyncio.create_task(_periodically(VIEW_FLUSH_SECONDS, store.flush_views, "writing the browsing history"))]
     try:
         yield
     finally:
@@ -84,6 +88,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with suppress(asyncio.CancelledError):
                 await task
         await limiter.share()
+        try:
+            await store.flush_views()  # a clean stop keeps every view
+        except Exception:
+            log.exception("writing the browsing history at shutdown failed")
         await store.drain()
         await asyncio.to_thread(store.close)  # folds the journal: file I/O, off the event loop
         auth.close()
@@ -179,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     # Routes are tried in order and each miss costs microseconds: hot routes first.
-    for router in (users.router, shop.router, anonymous.router):
+    for router in (users.router, shop.router, personal.router, anonymous.router):
         include_flat(app, router)
 
     if self_hosted_docs:  # Swagger UI's files from the SPA build (frontend/vite.config.js), not a CDN

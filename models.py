@@ -4,7 +4,7 @@ import base64
 import binascii
 import re
 import unicodedata
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
@@ -111,11 +111,14 @@ class Item(BaseModel):
     id: int
     name: str
     price: float
+    category: str
 
 
 class Catalogue(BaseModel):
     message: str
     items: list[Item]
+    recently_viewed: list[Item] = Field(description="the caller's last viewed items, newest first, at most 10")
+    recommended: list[Item] = Field(description="up to 4 items from the categories the caller viewed or favourited")
 
 
 class CartLine(BaseModel):
@@ -133,3 +136,51 @@ class Quantity(Strict):
 
 class Message(BaseModel):
     detail: str
+
+
+# -- personalisation ------------------------------------------------------------------------------
+
+SortOrder = Literal["catalogue", "name", "price", "recommended"]
+Theme = Literal["light", "dark", "system"]
+DEFAULT_PREFERENCES: dict[str, str] = {"sort": "catalogue", "theme": "system"}
+
+
+class View(BaseModel):
+    item_id: int
+    viewed_at: float = Field(description="epoch seconds")
+
+
+class History(BaseModel):
+    items: list[View]
+
+
+class Favourites(BaseModel):
+    items: list[int]
+
+
+class Preferences(BaseModel):
+    sort: SortOrder
+    theme: Theme
+
+
+class PreferencesPatch(Strict):
+    """Any subset of the preferences; an unknown key or value is a 422."""
+
+    sort: SortOrder = Field(None, description="omitted: unchanged")  # type: ignore[assignment]
+    theme: Theme = Field(None, description="omitted: unchanged")  # type: ignore[assignment]
+
+
+class SessionInfo(BaseModel):
+    id: str
+    created_at: float | None = Field(description="epoch seconds; null for a session older than this field")
+    expires_at: float
+    current: bool
+
+
+class DataExport(BaseModel):
+    profile: UserOut
+    cart: list[CartLine]
+    history: list[View]
+    favourites: list[int]
+    preferences: Preferences
+    sessions: list[SessionInfo]

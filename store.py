@@ -1,10 +1,20 @@
-"""What the service keeps: users, anonymous visitors, carts, login sessions and throttling counters.
+"""What the service keeps: users, anonymous visitors, carts, login sessions, throttling counters,
+and what personalises the shop (browsing history, favourites, preferences).
 
 Routes talk to the async ``Store`` protocol only, so another backend (a database) can replace
 ``JsonStore`` without touching them. ``JsonStore`` serves reads from memory (by id and by
 normalised username) and makes every change durable through ``journal.JournaledTables`` before it
 returns; each method that changes something is one transaction, checked under the cross-worker
 lock, so e.g. one username has one winner across all workers.
+
+The one exception is a view of an item: it is worth less than a write, so ``record_view`` only
+notes it in this worker's memory and ``flush_views`` (called at most once a second by the app, and
+at a clean stop) writes every noted view in one transaction. A ``kill -9`` can lose the views of
+the last second or so; never a favourite, preference, cart line or account. This worker's own
+unflushed views are part of what it reads (``get_history``) and of what a register or login
+carries into the account; another worker sees them once they are flushed, and views another worker
+noted for a visitor who has since registered or logged in follow it into the account (the
+``upgraded`` table remembers, for an hour, which account each visitor went into; nothing else).
 """
 
 import hashlib
@@ -24,11 +34,17 @@ from models import MAX_QUANTITY, normalize_username
 __all__ = ["JsonStore", "Lockout", "RateLimited", "Rotation", "Store", "StoreError", "UnknownOwner", "User",
            "UsernameTaken"]
 
-TABLES = ("users", "anonymous", "carts", "sessions", "login_failures", "anonymous_logins", "request_counts")
-ACTIVITY_GRANULARITY = 60.0  # seconds: record an anonymous visitor's activity at most this often
+TABLES = ("users", "anonymous", "carts", "sessions", "login_failures", "anonymous_logins", "request_counts",
+          "history", "favourites", "preferences", "upgraded")
 MAX_ACCOUNT_LOCK_SECONDS = 86400  # the per-account lock doubles each round up to this
 ROUND_MEMORY_SECONDS = 86400  # an account's lock round is forgotten after a quiet day
 ALL_CLIENTS = "*"  # the anonymous_logins key of the service-wide bound
+PERSONAL_TABLES = ("carts", "history", "favourites", "preferences")  # rows keyed by owner, gone with it
+ACTIVITY_GRANULARITY = 60.0  # seconds: record an anonymous visitor's activity at most this often
+MAX_HISTORY = 50  # distinct items per owner; an older view drops off the end
+MAX_FAVOURITES = 1000  # a backstop: the routes only accept catalogue items
+MAX_PENDING_OWNERS = 10_000  # unflushed views of this many owners: flush now rather than grow
+UPGRADE_MEMORY = 3600.0  # seconds: how long a visitor carried into an account is remembered (see flush_views)
 
 
 class UsernameTaken(Exception):
@@ -99,6 +115,17 @@ class Store(Protocol):
     async def end_all_sessions(self, user_id: str) -> None: ...
     async def count_requests(self, counts: dict[str, tuple[int, float]]) -> dict[str, int]: ...
     async def prune(self) -> None: ...
+    # personalisation: history (coalesced views), favourites, preferences, the data export
+    async def record_view(self, owner: str, item_id: int) -> None: ...
+    async def flush_views(self) -> int: ...
+    async def get_history(self, owner: str) -> list[tuple[int, float]]: ...
+    async def clear_history(self, owner: str) -> None: ...
+    async def get_favourites(self, owner: str) -> list[int]: ...
+    async def add_favourite(self, owner: str, item_id: int) -> list[int]: ...
+    async def remove_favourite(self, owner: str, item_id: int) -> list[int]: ...
+    async def get_preferences(self, owner: str) -> dict[str, str]: ...
+    async def set_preferences(self, owner: str, values: dict[str, str]) -> dict[str, str]: ...
+    async def export_user(self, user_id: str) -> dict[str, Any] | None: ...
 
 
 def _legacy_id(doc: dict[str, Any]) -> str:
@@ -113,6 +140,9 @@ class JsonStore:
         self._by_name: dict[str, str] = {}
         self._users: dict[str, User] = {}
         self._sorted_names: SortedList | None = None  # built at the first listing, then kept in step
+        self._views: dict[str, dict[int, float]] = {}  # owner -> item -> viewed_at, not yet written
+        self._flushing: dict[str, dict[int, float]] = {}  # being written by flush_views right now
+        self._last_view = 0.0
         self._db = JournaledTables(path, TABLES, self._index, self._reset_index, list_key=_legacy_id)
 
     @property
@@ -197,9 +227,9 @@ class JsonStore:
         def tx() -> tuple[bool, list[Change]]:
             if user_id not in self._users:
                 return False, []
-            changes: list[Change] = [("users", user_id, None)]
-            if user_id in self.t["carts"]:
-                changes.append(("carts", user_id, None))
+            changes: list[Change] = [("users", user_id, None), *self._owned_rows(user_id)]
+            changes += [("upgraded", k, None) for k, v in self.t["upgraded"].items() if v["user_id"] == user_id]
+            self._views.pop(user_id, None)
             changes += [("sessions", sid, None) for sid, s in self.t["sessions"].items() if s["user_id"] == user_id]
             return True, changes
 
@@ -249,7 +279,9 @@ class JsonStore:
             cutoff = time.time() - idle_seconds
             idle = [k for k, v in self.t["anonymous"].items() if v["last_active_at"] < cutoff]
             changes: list[Change] = [("anonymous", k, None) for k in idle]
-            changes += [("carts", k, None) for k in idle if k in self.t["carts"]]
+            for k in idle:
+                changes += self._owned_rows(k)
+                self._views.pop(k, None)
             return len(idle), changes
 
         return await self._transact(tx)
@@ -293,7 +325,8 @@ class JsonStore:
         changes: list[Change] = [("anonymous", anonymous_id, None)]
         if anonymous_id in self.t["carts"]:
             changes += [("carts", anonymous_id, None), ("carts", user_id, merged)]
-        return changes
+        changes.append(("upgraded", anonymous_id, {"user_id": user_id, "at": time.time()}))
+        return changes + self._merge_personal_changes(anonymous_id, user_id)
 
     # -- login sessions (a refresh-token family) -----------------------------------------------
 
@@ -340,6 +373,7 @@ class JsonStore:
                         if now - v["since"] >= 3600]
             changes += [("request_counts", k, None) for k, v in self.t["request_counts"].items()
                         if v["expires_at"] < now]
+            changes += [("upgraded", k, None) for k, v in self.t["upgraded"].items() if now - v["at"] >= UPGRADE_MEMORY]
             return None, changes
 
         await self._transact(tx)
@@ -424,7 +458,7 @@ class JsonStore:
                 changes.append(("login_failures", account_key, {**account, "at": failures}))
             if merge_from:
                 changes += self._merge_changes(merge_from, user.id)
-            doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at}
+            doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at, "created_at": time.time()}
             return session_id, [*changes, ("sessions", session_id, doc)]
 
         return await self._transact(tx)
@@ -435,3 +469,177 @@ class JsonStore:
             return None, [("users", user_id, {**doc, "password": password_hash})] if doc else []
 
         await self._transact(tx)
+
+    # -- personalisation: browsing history, favourites, preferences -----------------------------
+    # Rows keyed by owner (a user id or an anonymous id), like carts:
+    #   history:     {"items": [[item_id, viewed_at], ...] newest first, distinct, <= MAX_HISTORY,
+    #                 "cleared_at": when DELETE /history last ran, or None}
+    #   favourites:  [item_id, ...] ascending
+    #   preferences: {"sort": ..., "theme": ...}, only the keys the owner has set
+
+    def _owned_rows(self, owner: str) -> list[Change]:
+        """Deletions of everything kept under ``owner`` (its cart and personal data)."""
+        return [(table, owner, None) for table in PERSONAL_TABLES if owner in self.t[table]]
+
+    def _exists(self, owner: str) -> bool:
+        return owner in self.t["anonymous"] or owner in self._users
+
+    async def record_view(self, owner: str, item_id: int) -> None:
+        """Note a view in memory (no I/O); ``flush_views`` makes it durable."""
+        views = self._views.get(owner)
+        if views is None:
+            if len(self._views) >= MAX_PENDING_OWNERS:
+                await self.flush_views()
+            views = self._views.setdefault(owner, {})
+        views.pop(item_id, None)  # a view again moves the item to the end (the newest)
+        self._last_view = views[item_id] = max(time.time(), self._last_view + 1e-6)  # strictly newer
+        if len(views) > MAX_HISTORY:
+            del views[next(iter(views))]
+
+    async def flush_views(self) -> int:
+        """Write every noted view in one transaction; the number of owners written. Views of an
+        owner that is gone (purged, deleted, or a visitor carried into an account) are dropped."""
+        if not self._views or self._flushing:
+            return 0
+        self._flushing, self._views = self._views, {}
+
+        def tx() -> tuple[int, list[Change]]:
+            by_owner: dict[str, list[tuple[int, float]]] = {}
+            for owner, views in self._flushing.items():
+                if not self._exists(owner):  # a visitor that became an account: its views go there
+                    owner = self.t["upgraded"].get(owner, {}).get("user_id", "")
+                if self._exists(owner):
+                    by_owner.setdefault(owner, []).extend(views.items())
+            changes: list[Change] = []
+            for owner, views in by_owner.items():
+                row = self._history_row(owner)
+                cleared = row.get("cleared_at") or 0.0
+                items = _merge_history(row.get("items", []), [(item, at) for item, at in views if at > cleared])
+                changes.append(("history", owner, {"items": items, "cleared_at": row.get("cleared_at")}))
+            return len(changes), changes
+
+        try:
+            return await self._transact(tx)
+        except BaseException:
+            for owner, views in self._flushing.items():  # not written: keep them for the next try
+                self._views[owner] = {**views, **self._views.get(owner, {})}
+            raise
+        finally:
+            self._flushing = {}
+
+    def _history_row(self, owner: str) -> dict[str, Any]:
+        return self.t["history"].get(owner) or {}
+
+    def _history_items(self, owner: str) -> list[list[Any]]:
+        """Stored history plus this worker's unwritten views of ``owner``, newest first."""
+        row = self._history_row(owner)
+        items = row.get("items", [])
+        pending = [*self._flushing.get(owner, {}).items(), *self._views.get(owner, {}).items()]
+        if not pending:
+            return items
+        cleared = row.get("cleared_at") or 0.0  # a flush under way may still hold views from before it
+        return _merge_history(items, [(item, at) for item, at in pending if at > cleared])
+
+    async def get_history(self, owner: str) -> list[tuple[int, float]]:
+        return [(int(item), float(at)) for item, at in self._history_items(owner)]
+
+    async def clear_history(self, owner: str) -> None:
+        """Forget the history, including views other workers have noted but not yet written."""
+        def tx() -> tuple[None, list[Change]]:
+            self._check_owner(owner)
+            self._views.pop(owner, None)
+            return None, [("history", owner, {"items": [], "cleared_at": time.time()})]
+
+        await self._transact(tx)
+
+    async def get_favourites(self, owner: str) -> list[int]:
+        return list(self.t["favourites"].get(owner, []))
+
+    async def add_favourite(self, owner: str, item_id: int) -> list[int]:
+        def tx() -> tuple[list[int], list[Change]]:
+            self._check_owner(owner)
+            current = self.t["favourites"].get(owner, [])
+            if item_id in current:
+                return list(current), []
+            if len(current) >= MAX_FAVOURITES:
+                raise ValueError(f"at most {MAX_FAVOURITES} favourites")
+            favourites = sorted([*current, item_id])
+            return favourites, [("favourites", owner, favourites)]
+
+        return await self._transact(tx)
+
+    async def remove_favourite(self, owner: str, item_id: int) -> list[int]:
+        """Raises ``KeyError`` when the item is not a favourite."""
+        def tx() -> tuple[list[int], list[Change]]:
+            self._check_owner(owner)
+            current = self.t["favourites"].get(owner, [])
+            if item_id not in current:
+                raise KeyError(item_id)
+            favourites = [i for i in current if i != item_id]
+            return favourites, [("favourites", owner, favourites or None)]
+
+        return await self._transact(tx)
+
+    async def get_preferences(self, owner: str) -> dict[str, str]:
+        """Only the preferences the owner has set; the routes fill in the defaults."""
+        return dict(self.t["preferences"].get(owner, {}))
+
+    async def set_preferences(self, owner: str, values: dict[str, str]) -> dict[str, str]:
+        def tx() -> tuple[dict[str, str], list[Change]]:
+            self._check_owner(owner)
+            merged = {**self.t["preferences"].get(owner, {}), **values}
+            return merged, [("preferences", owner, merged)] if values else []
+
+        return await self._transact(tx)
+
+    def _merge_personal_changes(self, anonymous_id: str, user_id: str) -> list[Change]:
+        """Part of the register/login merge: history by time, favourites unioned, the account's
+        own preferences kept and the visitor's filling in the rest; the visitor's rows go."""
+        changes = [(t, anonymous_id, None) for t in ("history", "favourites", "preferences")
+                   if anonymous_id in self.t[t]]
+        visitor_history = self._history_items(anonymous_id)
+        if visitor_history:
+            row = self._history_row(user_id)
+            changes.append(("history", user_id, {"items": _merge_history(row.get("items", []), visitor_history),
+                                                 "cleared_at": row.get("cleared_at")}))
+        visitor_favourites = self.t["favourites"].get(anonymous_id)
+        if visitor_favourites:
+            union = sorted({*self.t["favourites"].get(user_id, []), *visitor_favourites})
+            changes.append(("favourites", user_id, union[:MAX_FAVOURITES]))
+        visitor_preferences = self.t["preferences"].get(anonymous_id)
+        if visitor_preferences:
+            changes.append(("preferences", user_id, {**visitor_preferences, **self.t["preferences"].get(user_id, {})}))
+        return changes
+
+    # -- the data export -----------------------------------------------------------------------
+
+    async def export_user(self, user_id: str) -> dict[str, Any] | None:
+        """Everything kept about an account, read at one instant; ``None`` if there is none.
+        Sessions are listed without their refresh-token id; one made before sessions recorded
+        their start has ``created_at`` ``None``."""
+        user = self._users.get(user_id)
+        if user is None:
+            return None
+        now = time.time()
+        sessions = [{"id": sid, "created_at": s.get("created_at"), "expires_at": s["expires_at"]}
+                    for sid, s in self.t["sessions"].items() if s["user_id"] == user_id and s["expires_at"] >= now]
+        return {
+            "profile": {"id": user.id, "username": user.username},
+            "cart": await self.get_cart(user_id),
+            "history": await self.get_history(user_id),
+            "favourites": await self.get_favourites(user_id),
+            "preferences": await self.get_preferences(user_id),
+            "sessions": sorted(sessions, key=lambda s: s["created_at"] or 0.0),
+        }
+
+
+def _merge_history(*histories: Any) -> list[list[Any]]:
+    """Histories (``[item_id, viewed_at]`` pairs, any order) as one: each item once, at its latest
+    view, newest first, at most ``MAX_HISTORY``."""
+    latest: dict[int, float] = {}
+    for history in histories:
+        for item, at in history:
+            if at > latest.get(int(item), -1.0):
+                latest[int(item)] = at
+    ordered = sorted(latest.items(), key=lambda pair: pair[1], reverse=True)[:MAX_HISTORY]
+    return [[item, at] for item, at in ordered]

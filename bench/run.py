@@ -305,6 +305,7 @@ class Bench:
                 f"(peak {ours['hwm_kib'] / 1024:.1f} MB)")
             cmp_srv = servers[cfg.compare_size]
             ours["extras"] = self.extras(cmp_srv, login_ours(cmp_srv.port, username_of(2)))
+            ours["personal"] = self.personal(cmp_srv, login_ours(cmp_srv.port, username_of(3)))
         finally:
             stop_all()
         for _ in range(cfg.startup_spawns - 1):
@@ -348,6 +349,29 @@ class Bench:
             found["cart_put"] = r["c"]
             say(f"  PUT /cart/items/1 {_brief(r['c'])}")
         return found
+
+    def personal(self, srv: Server, token: str) -> dict[str, Any] | str:
+        """A view (GET /items/{id}) and the personalised catalogue of a caller whose history holds
+        every catalogue item, favourites and a cart line, interleaved with /health on one server."""
+        auth = {"Authorization": f"Bearer {token}"}
+        status, body = http_request(srv.port, "GET", "/items/1", headers=auth)
+        if route_missing(status, body):
+            say("  GET /items/{id}: n/a, route missing")
+            return "missing"
+        status, body = http_request(srv.port, "GET", "/items/", headers=auth)
+        for item in json.loads(body)["items"]:  # a full history: every item of the catalogue
+            http_request(srv.port, "GET", f"/items/{item['id']}", headers=auth)
+        for item in json.loads(body)["items"][:3]:
+            http_request(srv.port, "PUT", f"/favourites/{item['id']}", headers=auth)
+        http_request(srv.port, "PUT", "/cart/items/2", b'{"quantity": 1}', {**auth, "Content-Type": "application/json"})
+        r = interleaved(self.loader, {
+            "health": (srv.port, RequestSpec("/health")),
+            "item": (srv.port, RequestSpec("/items/7", headers=auth)),
+            "items": (srv.port, RequestSpec("/items/", headers=auth)),
+        }, self.cfg)
+        say(f"  /health {_brief(r['health'])}; GET /items/7 {_brief(r['item'])}; "
+            f"GET /items/ (full history) {_brief(r['items'])}")
+        return r
 
     def storm(self) -> dict[str, Any]:
         """/health while 4 clients log in non-stop at bcrypt cost 12, against /health idle."""
@@ -394,7 +418,7 @@ class Bench:
     def abuse(self) -> dict[str, Any]:
         """Row 9: a real user's login times while 8 connections from 127.0.0.2 flood /users/login
         with random usernames (2 of them abandon each request), against the same user's idle
-        logins. Row 10: /health p99 while 4 clients page /users/list (100 a page) at the largest
+        logins. Row 12: /health p99 while 4 clients page /users/list (100 a page) at the largest
         store, against idle. Budgets are off (start_ours): the flood reaches the hashing queue."""
         cfg = self.cfg
         out: dict[str, Any] = {"login_idle_ms": [], "login_flood_ms": [], "flood_answers": {},

@@ -140,6 +140,6 @@ async def logout_all(user: CurrentUser, store: StoreDep) -> Response:
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=REGISTERED_ERRORS)
 async def delete_me(user: CurrentUser, store: StoreDep) -> Response:
-    """Delete this account, its cart and its sessions."""
+    """Delete this account and everything kept about it: cart, history, favourites, preferences, sessions."""
     await store.delete_user(user.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -36,7 +36,7 @@ async def test_items_for_anonymous_and_registered_but_not_nobody(client: Client)
     assert anonymous.status_code == registered.status_code == 200
     assert "anonymous" in anonymous.json()["message"] and "marko" in registered.json()["message"]
     items = anonymous.json()["items"]
-    assert items and all(set(i) == {"id", "name", "price"} for i in items)
+    assert items and all(set(i) == {"id", "name", "price", "category"} for i in items)
 
 
 async def test_anonymous_token_on_registered_routes_is_403(client: Client) -> None:

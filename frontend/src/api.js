@@ -232,7 +232,13 @@ export const api = {
 
   me: () => request("/users/me"),
   listUsers: () => request("/users/list"),
-  items: () => request("/items/"),
+  items: (sort) => request(sort ? `/items/?sort=${encodeURIComponent(sort)}` : "/items/"),
+  item: (itemId) => request(`/items/${itemId}`),
+  favourites: () => request("/favourites"),
+  addFavourite: (itemId) => request(`/favourites/${itemId}`, { method: "PUT" }),
+  removeFavourite: (itemId) => request(`/favourites/${itemId}`, { method: "DELETE" }),
+  preferences: () => request("/preferences"),
+  setPreferences: (changes) => request("/preferences", { method: "PATCH", body: changes }),
   cart: () => request("/cart"),
   setCartQuantity: (itemId, quantity) =>
     request(`/cart/items/${itemId}`, { method: "PUT", body: { quantity } }),

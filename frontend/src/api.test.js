@@ -159,3 +159,25 @@ describe("formatDetail", () => {
     expect(formatDetail("Username already taken")).toBe("Username already taken");
   });
 });
+
+describe("personalisation calls", () => {
+  it("send the visitor's token to the personalisation routes, with the right methods and bodies", async () => {
+    tokens.saveAnonymous("visitor");
+    const { fetch, calls } = fakeFetch(() => json(200, { items: [] }));
+    vi.stubGlobal("fetch", fetch);
+
+    await api.items("price");
+    await api.item(3);
+    await api.addFavourite(3);
+    await api.removeFavourite(3);
+    await api.setPreferences({ theme: "dark" });
+
+    expect(calls).toEqual([
+      { path: "/items/?sort=price", method: "GET", bearer: "visitor", body: undefined },
+      { path: "/items/3", method: "GET", bearer: "visitor", body: undefined },
+      { path: "/favourites/3", method: "PUT", bearer: "visitor", body: undefined },
+      { path: "/favourites/3", method: "DELETE", bearer: "visitor", body: undefined },
+      { path: "/preferences", method: "PATCH", bearer: "visitor", body: { theme: "dark" } },
+    ]);
+  });
+});

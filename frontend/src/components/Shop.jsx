@@ -1,26 +1,41 @@
-import { useEffect, useMemo, useState } from "react";
+import { useCallback, useEffect, useMemo, useState } from "react";
 import { api, SessionExpiredError } from "../api.js";
 import { useAuth } from "../AuthContext.jsx";
 import Cart from "./Cart.jsx";
 import Items from "./Items.jsx";
+import { ItemDetail, ItemList, ThemeSwitch } from "./Personal.jsx";
 
-/** Loads the catalogue and the cart of the current identity (anonymous or registered). */
+const DEFAULT_PREFERENCES = { sort: "catalogue", theme: "system" };
+
+/** Loads the catalogue, the cart, the favourites and the preferences of the current identity
+ * (anonymous or registered); all of them live on the server, so they follow the visitor into
+ * the account and to another browser. */
 export default function Shop() {
   const { sessionKey, setMessage } = useAuth();
-  const [items, setItems] = useState([]);
+  const [catalogue, setCatalogue] = useState({ items: [], recently_viewed: [], recommended: [] });
   const [greeting, setGreeting] = useState("");
   const [lines, setLines] = useState([]);
+  const [favourites, setFavourites] = useState([]);
+  const [preferences, setPreferences] = useState(DEFAULT_PREFERENCES);
+  const [detail, setDetail] = useState(null);
   const [busy, setBusy] = useState(true);
+
+  const showCatalogue = useCallback((data) => {
+    setCatalogue(data);
+    setGreeting(data.message);
+  }, []);
 
   useEffect(() => {
     let cancelled = false;
     setBusy(true);
-    Promise.all([api.items(), api.cart()])
-      .then(([catalogue, cart]) => {
+    setDetail(null);
+    Promise.all([api.preferences(), api.items(), api.cart(), api.favourites()])
+      .then(([prefs, items, cart, favs]) => {
         if (cancelled) return;
-        setItems(catalogue.items);
-        setGreeting(catalogue.message);
+        setPreferences(prefs);
+        showCatalogue(items);
         setLines(cart.items);
+        setFavourites(favs.items);
       })
       .catch((error) => {
         // An expired session is reported by AuthContext, which reloads us.
@@ -32,15 +47,23 @@ export default function Shop() {
     return () => {
       cancelled = true;
     };
-  }, [sessionKey, setMessage]);
+  }, [sessionKey, setMessage, showCatalogue]);
 
-  const itemsById = useMemo(() => new Map(items.map((item) => [item.id, item])), [items]);
+  useEffect(() => {
+    document.documentElement.dataset.theme = preferences.theme;
+  }, [preferences.theme]);
 
-  async function update(call) {
+  const itemsById = useMemo(
+    () => new Map(catalogue.items.map((item) => [item.id, item])),
+    [catalogue.items],
+  );
+
+  /** One change at a time: `call`, then the catalogue again (its recommendations depend on it). */
+  async function run(call) {
     setBusy(true);
     try {
-      const cart = await call();
-      setLines(cart.items);
+      await call();
+      showCatalogue(await api.items());
     } catch (error) {
       if (!(error instanceof SessionExpiredError)) setMessage(error.message);
     } finally {
@@ -50,17 +73,68 @@ export default function Shop() {
 
   function add(item) {
     const current = lines.find((line) => line.item_id === item.id)?.quantity ?? 0;
-    return update(() => api.setCartQuantity(item.id, current + 1));
+    return run(async () => setLines((await api.setCartQuantity(item.id, current + 1)).items));
   }
 
   function remove(itemId) {
-    return update(() => api.removeFromCart(itemId));
+    return run(async () => setLines((await api.removeFromCart(itemId)).items));
+  }
+
+  function open(itemId) {
+    return run(async () => setDetail(await api.item(itemId)));
+  }
+
+  function favourite(itemId, on) {
+    return run(async () => {
+      const result = on ? await api.addFavourite(itemId) : await api.removeFavourite(itemId);
+      setFavourites(result.items);
+    });
+  }
+
+  function choose(changes) {
+    return run(async () => setPreferences(await api.setPreferences(changes)));
   }
 
   return (
     <div className="shop" aria-busy={busy}>
-      <Items items={items} greeting={greeting} busy={busy} onAdd={add} />
-      <Cart lines={lines} itemsById={itemsById} busy={busy} onRemove={remove} />
+      <div className="column">
+        <ThemeSwitch theme={preferences.theme} busy={busy} onChange={(theme) => choose({ theme })} />
+        {detail && (
+          <ItemDetail
+            item={detail}
+            favourite={favourites.includes(detail.id)}
+            onClose={() => setDetail(null)}
+          />
+        )}
+        <Items
+          items={catalogue.items}
+          greeting={greeting}
+          busy={busy}
+          favourites={favourites}
+          sort={preferences.sort}
+          onAdd={add}
+          onOpen={open}
+          onFavourite={favourite}
+          onSort={(sort) => choose({ sort })}
+        />
+      </div>
+      <div className="column">
+        <Cart lines={lines} itemsById={itemsById} busy={busy} onRemove={remove} />
+        <ItemList
+          title="Recently viewed"
+          testId="recently-viewed"
+          items={catalogue.recently_viewed}
+          empty="Nothing viewed yet: click an item's name."
+          onOpen={open}
+        />
+        <ItemList
+          title="Recommended for you"
+          testId="recommended"
+          items={catalogue.recommended}
+          empty="View or favourite a few items to get recommendations."
+          onOpen={open}
+        />
+      </div>
     </div>
   );
 }
