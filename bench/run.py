@@ -416,7 +416,7 @@ class Bench:
         return out
 
     def abuse(self) -> dict[str, Any]:
-        """Row 9: a real user's login times while 8 connections from 127.0.0.2 flood /users/login
+        """Row 11: a real user's login times while 8 connections from 127.0.0.2 flood /users/login
         with random usernames (2 of them abandon each request), against the same user's idle
         logins. Row 12: /health p99 while 4 clients page /users/list (100 a page) at the largest
         store, against idle. Budgets are off (start_ours): the flood reaches the hashing queue."""
