@@ -20,6 +20,8 @@ from typing import Any
 import jwt
 from passlib.context import CryptContext
 
+from models import normalize_password
+
 ALGORITHM = "HS256"
 ANONYMOUS_PREFIX = "anonymous_"
 _TOKEN_CACHE_SIZE = 10_000
@@ -60,7 +62,9 @@ class AuthHandler:
     # -- passwords -----------------------------------------------------------------------------
 
     async def get_password_hash(self, password: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.pwd_context.hash, password)
+        """The hash of the NFKC form of ``password`` (``models.normalize_password``)."""
+        hash_ = self.pwd_context.hash
+        return await asyncio.get_running_loop().run_in_executor(self._pool, hash_, normalize_password(password))
 
     async def verify_password(self, password: str, hashed: str | None) -> bool:
         """Check ``password``; with no hash (unknown user) check a dummy one, so both cases take
@@ -68,6 +72,17 @@ class AuthHandler:
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(self._pool, self._verify, password, hashed or self._dummy_hash)
         return ok and hashed is not None
+
+    async def check_password(self, password: str, hashed: str | None) -> tuple[bool, bool]:
+        """(verified, rehash): ``verify_password`` on the NFKC form, and for a hash made before
+        passwords were normalised, on the password as typed; such a match (or a hash at another
+        cost) asks for a rehash. Unknown users try the dummy hash the same way: same timing."""
+        normalized = normalize_password(password)
+        if await self.verify_password(normalized, hashed):
+            return True, self.needs_rehash(hashed or "")
+        if normalized != password and await self.verify_password(password, hashed):
+            return True, True
+        return False, False
 
     def needs_rehash(self, hashed: str) -> bool:
         """True for a hash made at another cost: rehashed at login, so that every account (and

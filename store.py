@@ -64,9 +64,11 @@ class Store(Protocol):
     async def set_password(self, user_id: str, password_hash: str) -> None: ...
     async def session_user(self, session_id: str, user_id: str) -> User | None: ...
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
-                             expires_at: float) -> bool: ...
+                             expires_at: float, max_age: float | None = None) -> bool: ...
     async def end_session(self, session_id: str) -> None: ...
     async def end_all_sessions(self, user_id: str) -> None: ...
+    async def change_password(self, user_id: str, password_hash: str, keep_session: str | None) -> bool: ...
+    async def reset_login_failures(self, username: str) -> None: ...
     async def prune(self) -> None: ...
 
 
@@ -259,13 +261,18 @@ class JsonStore:
         return self._users.get(user_id) if session is not None and session["user_id"] == user_id else None
 
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
-                             expires_at: float) -> bool:
-        """Swap the session's refresh token. A spent one (reuse: stolen) ends the session."""
+                             expires_at: float, max_age: float | None = None) -> bool:
+        """Swap the session's refresh token. A spent one (reuse: stolen) ends the session, and so
+        does a session older than ``max_age`` seconds. A session stored before sessions recorded
+        ``created_at`` has an unknown age: it is treated as too old (fail closed; its user logs
+        in once more)."""
         def tx() -> tuple[bool, list[Change]]:
             session = self.t["sessions"].get(session_id)
             if session is None or session["user_id"] != user_id or user_id not in self._users:
                 return False, []
             if session["jti"] != old_jti:
+                return False, [("sessions", session_id, None)]
+            if max_age is not None and time.time() - session.get("created_at", float("-inf")) > max_age:
                 return False, [("sessions", session_id, None)]
             return True, [("sessions", session_id, {**session, "jti": new_jti, "expires_at": expires_at})]
 
@@ -279,6 +286,20 @@ class JsonStore:
             return None, [("sessions", sid, None) for sid, s in self.t["sessions"].items() if s["user_id"] == user_id]
 
         await self._transact(tx)
+
+    async def change_password(self, user_id: str, password_hash: str, keep_session: str | None) -> bool:
+        """One transaction: the new hash, and every other login session of the account ends
+        (``keep_session``, the caller's, stays). False if the account is gone."""
+        def tx() -> tuple[bool, list[Change]]:
+            doc = self.t["users"].get(user_id)
+            if doc is None:
+                return False, []
+            changes: list[Change] = [("users", user_id, {**doc, "password": password_hash})]
+            changes += [("sessions", sid, None) for sid, s in self.t["sessions"].items()
+                        if s["user_id"] == user_id and sid != keep_session]
+            return True, changes
+
+        return await self._transact(tx)
 
     async def prune(self) -> None:
         """Drop what has expired: sessions, throttling windows."""
@@ -323,10 +344,15 @@ class JsonStore:
             changes: list[Change] = [("login_failures", key, None)] if key in self.t["login_failures"] else []
             if merge_from:
                 changes += self._merge_changes(merge_from, user.id)
-            doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at}
+            doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at, "created_at": time.time()}
             return session_id, [*changes, ("sessions", session_id, doc)]
 
         return await self._transact(tx)
+
+    async def reset_login_failures(self, username: str) -> None:
+        """Forget the counted attempts of ``username`` (after a successful re-authentication)."""
+        key = normalize_username(username)
+        await self._transact(lambda: (None, [("login_failures", key, None)] if key in self.t["login_failures"] else []))
 
     async def set_password(self, user_id: str, password_hash: str) -> None:
         def tx() -> tuple[None, list[Change]]:
