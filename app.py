@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute, request_response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authentication import AuthHandler
@@ -146,7 +147,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """FastAPI's handler, except for a body it could not even decode (not UTF-8): FastAPI answers
     400 "There was an error parsing the body", a status no route declares; here it is a 422 in
     the validation-error shape that says what is wrong."""
-    assert isinstance(exc, HTTPException)
+    assert isinstance(exc, StarletteHTTPException)  # FastAPI raises Starlette's for this one
     cause = exc.__cause__
     if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(cause, UnicodeDecodeError):
         error = {"loc": ["body", cause.start], "type": "json_invalid",
@@ -186,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
     app.add_middleware(SecurityHeaders, headers=headers, docs_headers=docs_headers, token_paths=TOKEN_PATHS)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, str]:
