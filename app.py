@@ -139,7 +139,7 @@ async def validation_error(_: Request, exc: Exception) -> JSONResponse:
 def _message(error: dict) -> str:
     """pydantic's message; for a JSON syntax error, with what is wrong (``Expecting value``)."""
     if error["type"] == "json_invalid" and isinstance(error.get("ctx"), dict) and error["ctx"].get("error"):
-        return f"{error['msg']}: {error['ctx']['error']} (at byte {error['loc'][-1]})"
+        return f"{error['msg']}: {error['ctx']['error']} (at position {error['loc'][-1]})"
     return error["msg"]
 
 
