@@ -31,6 +31,7 @@ from store import JsonStore, StoreError
 log = logging.getLogger("uvicorn.error")
 MAX_BODY_BYTES = 64 * 1024
 MAINTENANCE_SECONDS = 3600
+BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
 TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login")  # answers that carry a token
 
 
@@ -149,14 +150,14 @@ async def http_error(request: Request, exc: Exception) -> Response:
     the validation-error shape that says what is wrong."""
     assert isinstance(exc, StarletteHTTPException)  # FastAPI raises Starlette's for this one
     cause = exc.__cause__
-    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(cause, UnicodeDecodeError):
+    if exc.status_code != status.HTTP_400_BAD_REQUEST or exc.detail != BODY_PARSE_ERROR or cause is None:
+        return await http_exception_handler(request, exc)
+    if isinstance(cause, UnicodeDecodeError):
         error = {"loc": ["body", cause.start], "type": "json_invalid",
                  "msg": f"The body is not valid UTF-8 (byte {cause.start}): send JSON encoded as UTF-8"}
-        return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
-    if exc.status_code == status.HTTP_400_BAD_REQUEST and cause is not None:  # any other undecodable body
+    else:
         error = {"loc": ["body"], "type": "json_invalid", "msg": "The body could not be parsed as JSON"}
-        return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
-    return await http_exception_handler(request, exc)
+    return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 def config_errors(exc: ValidationError) -> str:
