@@ -34,13 +34,14 @@ NO_STORE: Headers = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
 
-def _policy(script_src: Iterable[str] = (), style_src: Iterable[str] = ()) -> ContentSecurityPolicy:
-    """The SPA's policy, widened by ``script_src``/``style_src`` (Swagger UI's needs)."""
+def _policy(script_src: Iterable[str] = (), style_src: Iterable[str] = (),
+            img_src: Iterable[str] = ()) -> ContentSecurityPolicy:
+    """The SPA's policy, widened by ``script_src``/``style_src``/``img_src`` (Swagger UI's needs)."""
     return (ContentSecurityPolicy()
             .default_src("'self'")
             .script_src("'self'", *script_src)
             .style_src("'self'", *style_src)
-            .img_src("'self'", "data:")  # the SPA's favicon and Swagger UI's icons are data: URLs
+            .img_src("'self'", "data:", *img_src)  # the SPA's favicon and Swagger UI's icons are data: URLs
             .frame_ancestors("'none'")
             .object_src("'none'")
             .base_uri("'none'"))
@@ -68,7 +69,7 @@ def build_headers(hsts_seconds: int | None, docs_html: str | None = None) -> tup
         docs_sources = sorted({f"{u.scheme}://{u.netloc}" for u in map(urlsplit, re.findall(
             r'(?:src|href)="(https?://[^"]+)"', docs_html))})
     docs_policy = _policy([*inline_script_hashes(docs_html or ""), *docs_sources],
-                          ["'unsafe-inline'", *docs_sources])  # Swagger UI styles elements inline
+                          ["'unsafe-inline'", *docs_sources], docs_sources)  # Swagger UI styles elements inline
     docs = _as_bytes(Secure(csp=docs_policy, **common))  # type: ignore[arg-type]
     return spa, docs
 

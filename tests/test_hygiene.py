@@ -301,6 +301,15 @@ async def test_the_docs_policy_allows_swagger_uis_start_up_script_by_its_hash(sp
     assert '<script src="/swagger/swagger-ui-bundle.js">' in docs.text  # self-hosted, no CDN
 
 
+async def test_without_the_spa_build_docs_allows_only_the_cdn_it_loads_from(client: Client) -> None:
+    docs = await client.get("/docs")
+    policy = directives(docs.headers["content-security-policy"])
+    origins = set(re.findall(r'(?:src|href)="(https://[^/"]+)/', docs.text))
+    assert origins and origins <= set(policy["script-src"]) & set(policy["style-src"]) & set(policy["img-src"])
+    assert "'unsafe-inline'" not in policy["script-src"] and "*" not in policy["script-src"]
+    assert any(source.startswith("'sha256-") for source in policy["script-src"])
+
+
 async def test_the_built_spa_has_no_inline_script(spa_client: Client) -> None:
     index = (await spa_client.get("/")).text
     for attributes, content in re.findall(r"<script([^>]*)>(.*?)</script>", index, re.DOTALL):
