@@ -11,19 +11,22 @@ from contextlib import asynccontextmanager, suppress
 from copy import copy
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute, request_response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authentication import AuthHandler
 from deps import COMMON_ERRORS
 from ratelimit import Budget, RateLimiter
 from routers import anonymous, personal, shop, users
+from security_headers import SecurityHeaders, build_headers
 from settings import Settings
 from store import JsonStore, StoreError
 
@@ -33,6 +36,8 @@ MAX_HEADER_BYTES = 16 * 1024
 MAINTENANCE_SECONDS = 3600
 SHARE_COUNTS_SECONDS = 1.0
 VIEW_FLUSH_SECONDS = 1.0  # views are written at most this often per worker (store.py: record_view)
+BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
+TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login")  # answers that carry a token
 
 
 async def _maintain(store: JsonStore, settings: Settings) -> None:
@@ -164,23 +169,65 @@ async def validation_error(_: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 shape without echoing the input: it may hold a password, or text that
     cannot even be encoded back (a lone surrogate)."""
     assert isinstance(exc, RequestValidationError)
-    errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    errors = [{"loc": e["loc"], "msg": _message(e), "type": e["type"]} for e in exc.errors()]
     return JSONResponse({"detail": errors}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _message(error: dict) -> str:
+    """pydantic's message; for a JSON syntax error, with what is wrong (``Expecting value``)."""
+    if error["type"] == "json_invalid" and isinstance(error.get("ctx"), dict) and error["ctx"].get("error"):
+        return f"{error['msg']}: {error['ctx']['error']} (at position {error['loc'][-1]})"
+    return error["msg"]
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's handler, except for a body it could not even decode (not UTF-8): FastAPI answers
+    400 "There was an error parsing the body", a status no route declares; here it is a 422 in
+    the validation-error shape that says what is wrong."""
+    assert isinstance(exc, StarletteHTTPException)  # FastAPI raises Starlette's for this one
+    cause = exc.__cause__
+    if exc.status_code != status.HTTP_400_BAD_REQUEST or exc.detail != BODY_PARSE_ERROR or cause is None:
+        return await http_exception_handler(request, exc)
+    if isinstance(cause, UnicodeDecodeError):
+        error = {"loc": ["body", cause.start], "type": "json_invalid",
+                 "msg": f"The body is not valid UTF-8 (byte {cause.start}): send JSON encoded as UTF-8"}
+    else:
+        error = {"loc": ["body"], "type": "json_invalid", "msg": "The body could not be parsed as JSON"}
+    return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def config_errors(exc: ValidationError) -> str:
+    """A settings error without the values that were refused: a rejected JWT_SECRET is still a secret."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg']}"
+                     for e in exc.errors(include_input=False, include_url=False))
+
+
+def swagger_ui_html(title: str, self_hosted: bool) -> str:
+    """FastAPI's Swagger UI page, from our own files when the SPA build has them, else a CDN."""
+    local = {"swagger_js_url": "/swagger/swagger-ui-bundle.js", "swagger_css_url": "/swagger/swagger-ui.css",
+             "swagger_favicon_url": "/swagger/favicon-32x32.png"} if self_hosted else {}
+    page = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{title} - Swagger UI", **local)
+    return bytes(page.body).decode()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     swagger = settings.frontend_dir / "swagger"
     self_hosted_docs = (swagger / "swagger-ui-bundle.js").is_file()
-    app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan, redoc_url=None, responses=COMMON_ERRORS,
-                  docs_url=None if self_hosted_docs else "/docs",
+    app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan, redoc_url=None, docs_url=None,
+                  responses=COMMON_ERRORS,
                   description="JWT authentication over a durable JSON user store, with anonymous sessions.")
     app.state.settings = settings
+    docs_html = swagger_ui_html(app.title, self_hosted_docs)
+    headers, docs_headers = build_headers(settings.hsts_seconds, docs_html)
     app.add_middleware(BodyLimit)  # inside CORS, so a browser can read its 413
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
-    app.add_middleware(HeaderLimit)  # outermost: before anything reads a header
+    app.add_middleware(HeaderLimit)  # before anything reads a header
+    app.add_middleware(SecurityHeaders, headers=headers, docs_headers=docs_headers,  # outermost: every
+                       token_paths=TOKEN_PATHS)  # answer gets them, a 431 too
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, str]:
@@ -190,14 +237,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (users.router, shop.router, personal.router, anonymous.router):
         include_flat(app, router)
 
-    if self_hosted_docs:  # Swagger UI's files from the SPA build (frontend/vite.config.js), not a CDN
-
-        @app.get("/docs", include_in_schema=False)
-        async def docs() -> HTMLResponse:
-            return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI",
-                                       swagger_js_url="/swagger/swagger-ui-bundle.js",
-                                       swagger_css_url="/swagger/swagger-ui.css",
-                                       swagger_favicon_url="/swagger/favicon-32x32.png")
+    # Swagger UI's files from the SPA build (frontend/vite.config.js), else a CDN; one fixed page,
+    # so its inline start-up script has one hash, which /docs's Content-Security-Policy allows.
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html)
 
     if (settings.frontend_dir / "index.html").is_file():
         app.mount("/", StaticFiles(directory=settings.frontend_dir, html=True), name="spa")
@@ -210,5 +254,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 try:
     app = create_app()
 except ValidationError as exc:
-    log.error("Cannot start: invalid configuration: %s", exc)
+    log.error("Cannot start: invalid configuration: %s", config_errors(exc))
     sys.exit(3)  # uvicorn's "startup failed": a --workers supervisor stops instead of respawning

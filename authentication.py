@@ -20,6 +20,7 @@ import jwt
 from passlib.context import CryptContext
 
 from admission import ClientGone, HashGate, Overloaded, Watch
+from models import normalize_password
 
 __all__ = ["ALGORITHM", "ANONYMOUS_PREFIX", "AuthHandler", "ClientGone", "Overloaded", "TokenError"]
 
@@ -66,9 +67,10 @@ class AuthHandler:
     # -- passwords -----------------------------------------------------------------------------
 
     async def get_password_hash(self, password: str, client: str = "", watch: Watch | None = None) -> str:
-        """Hash in the pool, admitted by ``hashing`` (``client``'s queue; ``watch`` returns once the
-        client has gone): raises ``Overloaded`` or ``ClientGone`` instead of hashing."""
-        return await self.hashing.run(client, watch, self.pwd_context.hash, password)
+        """The hash of the NFKC form of ``password`` (``models.normalize_password``), in the pool,
+        admitted by ``hashing`` (``client``'s queue; ``watch`` returns once the client has gone):
+        raises ``Overloaded`` or ``ClientGone`` instead of hashing."""
+        return await self.hashing.run(client, watch, self.pwd_context.hash, normalize_password(password))
 
     async def verify_password(self, password: str, hashed: str | None, client: str = "",
                               watch: Watch | None = None) -> bool:
@@ -77,6 +79,18 @@ class AuthHandler:
         ``get_password_hash``."""
         ok = await self.hashing.run(client, watch, self._verify, password, hashed or self._dummy_hash)
         return ok and hashed is not None
+
+    async def check_password(self, password: str, hashed: str | None, client: str = "",
+                             watch: Watch | None = None) -> tuple[bool, bool]:
+        """(verified, rehash): ``verify_password`` on the NFKC form, and for a hash made before
+        passwords were normalised, on the password as typed; such a match (or a hash at another
+        cost) asks for a rehash. Unknown users try the dummy hash the same way: same timing."""
+        normalized = normalize_password(password)
+        if await self.verify_password(normalized, hashed, client, watch):
+            return True, self.needs_rehash(hashed or "")
+        if normalized != password and await self.verify_password(password, hashed, client, watch):
+            return True, True
+        return False, False
 
     def needs_rehash(self, hashed: str) -> bool:
         """True for a hash made at another cost: rehashed at login, so that every account (and

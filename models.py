@@ -1,4 +1,11 @@
-"""Request and response bodies. Passwords only ever come in; no model sends one out."""
+"""Request and response bodies. Passwords only ever come in; no model sends one out.
+
+New usernames must be safe to show beside others: besides today's 3-15 letters, digits, ``_``,
+``.`` and ``-``, they follow PRECIS ``UsernameCaseMapped`` (RFC 8265, ``precis-i18n``), use one
+script (no Latin mixed with Cyrillic or Greek: ``сarol`` beside ``carol``) and hold no invisible
+or filler character (U+3164 looks blank). Only registration checks this; logins look names up
+as before, so accounts made under the old rule keep working.
+"""
 
 import base64
 import binascii
@@ -6,6 +13,8 @@ import re
 import unicodedata
 from typing import Annotated, Literal
 
+from confusable_homoglyphs import categories
+from precis_i18n import get_profile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
@@ -19,6 +28,18 @@ def normalize_username(username: str) -> str:
     return unicodedata.normalize("NFKC", username).casefold()
 
 
+def normalize_password(password: str) -> str:
+    """NFKC, as NIST SP 800-63B suggests: the same password typed in NFC or NFD is one password."""
+    return unicodedata.normalize("NFKC", password)
+
+
+USERNAME_PROFILE = get_profile("UsernameCaseMapped")
+# Scripts that may share a name (UTS #39 "highly restrictive"): Japanese, Chinese, Korean writing.
+MIXABLE_SCRIPTS = ({"HAN", "HIRAGANA", "KATAKANA"}, {"HAN", "BOPOMOFO"}, {"HAN", "HANGUL"})
+# Letters (Lo) that render as nothing: Hangul fillers, Braille blank, Mongolian separators.
+FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e\u17b4\u17b5")
+
+
 def _check_text(value: str) -> str:
     value.encode()  # a lone surrogate raises UnicodeEncodeError, a ValueError: a 422, not a 500 later
     return value
@@ -27,11 +48,22 @@ def _check_text(value: str) -> str:
 def _check_username(value: str) -> str:
     if not USERNAME_RE.fullmatch(value):
         raise ValueError("username must be 3-15 characters: letters, digits, '_', '.' or '-'")
+    if any(c in FILLERS or unicodedata.category(c)[0] in "CZ" for c in value):
+        raise ValueError("username must not contain invisible or filler characters")
+    try:
+        USERNAME_PROFILE.enforce(value)
+    except UnicodeError:
+        raise ValueError("username must be a valid PRECIS username (RFC 8265): "
+                         "no invisible, compatibility or unassigned characters") from None
+    scripts = categories.unique_aliases(value) - {"COMMON", "INHERITED"}
+    if len(scripts) > 1 and not any(scripts <= mix for mix in MIXABLE_SCRIPTS):
+        raise ValueError(f"username must not mix scripts ({', '.join(sorted(s.title() for s in scripts))}): "
+                         "look-alike letters from another alphabet are not allowed")
     return value
 
 
 def _check_password(value: str) -> str:
-    if len(value.encode()) > MAX_PASSWORD_BYTES:
+    if max(len(value.encode()), len(normalize_password(value).encode())) > MAX_PASSWORD_BYTES:
         raise ValueError(f"password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
     if "\x00" in value:
         raise ValueError("password must not contain NUL characters")
@@ -79,6 +111,20 @@ class RefreshRequest(Strict):
 
 class LogoutRequest(Strict):
     refresh_token: Text | None = Field(None, max_length=4096)
+
+
+LoginPassword = Annotated[str, Field(min_length=1), AfterValidator(_check_password)]
+
+
+class PasswordChange(Strict):
+    current_password: LoginPassword = Field(examples=["marko123"])
+    new_password: Password = Field(examples=["a-new-password-42"])
+
+
+class AccountDeletion(Strict):
+    """The password again: a stolen access token alone cannot delete the account."""
+
+    password: LoginPassword = Field(examples=["marko123"])
 
 
 class UserOut(TypedDict):

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     bcrypt_rounds: int = Field(12, ge=4, le=31)
     access_token_expire_minutes: float = Field(30, gt=0)
     refresh_token_expire_days: float = Field(7, gt=0)
+    session_max_days: float = Field(30, gt=0, description="a login session's absolute lifetime: no refresh after it")
     anonymous_token_expire_days: float = Field(30, gt=0)
     anonymous_login_rate_limit: int = Field(100, ge=0, description="per client address and hour; 0 disables")
     anonymous_login_global_limit: int = Field(10_000, ge=0, description="new visitors per hour, all clients; 0 disables")
@@ -37,6 +38,7 @@ class Settings(BaseSettings):
     hash_queue_max_wait_seconds: float = Field(2, ge=0, description="expected wait for a hash before 503; 0 disables")
     refresh_reuse_grace_seconds: float = Field(10, ge=0, description="a just-rotated refresh token still works; 0: off")
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://127.0.0.1:5173"]
+    hsts_seconds: int | None = Field(None, ge=0, description="Strict-Transport-Security max-age; unset: no header")
     frontend_dir: Path = Path(__file__).parent / "frontend" / "dist"
 
     @field_validator("cors_origins", mode="before")

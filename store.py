@@ -110,9 +110,11 @@ class Store(Protocol):
     async def set_password(self, user_id: str, password_hash: str) -> None: ...
     async def session_user(self, session_id: str, user_id: str) -> User | None: ...
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
-                             expires_at: float, grace: float = 0) -> Rotation | None: ...
+                             expires_at: float, grace: float = 0, max_age: float | None = None) -> Rotation | None: ...
     async def end_session(self, session_id: str) -> None: ...
     async def end_all_sessions(self, user_id: str) -> None: ...
+    async def change_password(self, user_id: str, password_hash: str, keep_session: str | None) -> bool: ...
+    async def reset_login_failures(self, username: str, client: str, attempt: float) -> None: ...
     async def count_requests(self, counts: dict[str, tuple[int, float]]) -> dict[str, int]: ...
     async def prune(self) -> None: ...
     # personalisation: history (coalesced views), favourites, preferences, the data export
@@ -126,6 +128,12 @@ class Store(Protocol):
     async def get_preferences(self, owner: str) -> dict[str, str]: ...
     async def set_preferences(self, owner: str, values: dict[str, str]) -> dict[str, str]: ...
     async def export_user(self, user_id: str) -> dict[str, Any] | None: ...
+
+
+def _failure_keys(username: str, client: str) -> tuple[str, str]:
+    """The ``login_failures`` keys of a (username, address) pair and of the account."""
+    name = normalize_username(username)
+    return "pair:" + client_key(name + "\0" + client), "account:" + name
 
 
 def _legacy_id(doc: dict[str, Any]) -> str:
@@ -336,15 +344,20 @@ class JsonStore:
         return self._users.get(user_id) if session is not None and session["user_id"] == user_id else None
 
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
-                             expires_at: float, grace: float = 0) -> Rotation | None:
+                             expires_at: float, grace: float = 0, max_age: float | None = None) -> Rotation | None:
         """Swap the session's refresh token (compare-and-set on the current ``jti``). The one it
         replaced, presented again within ``grace`` seconds (two tabs refreshing at once), gets the
-        current one back; any other spent one (reuse: stolen) ends the session."""
+        current one back; any other spent one (reuse: stolen) ends the session, and so does a
+        session older than ``max_age`` seconds. A session stored before sessions recorded
+        ``created_at`` has an unknown age: it is treated as too old (fail closed; its user logs in
+        once more)."""
         def tx() -> tuple[Rotation | None, list[Change]]:
             now = time.time()
             session = self.t["sessions"].get(session_id)
             if session is None or session["user_id"] != user_id or user_id not in self._users:
                 return None, []
+            if max_age is not None and now - session.get("created_at", float("-inf")) > max_age:
+                return None, [("sessions", session_id, None)]
             if session["jti"] == old_jti:
                 doc = {**session, "jti": new_jti, "expires_at": expires_at, "prev_jti": old_jti, "rotated_at": now}
                 return Rotation(new_jti, expires_at), [("sessions", session_id, doc)]
@@ -362,6 +375,20 @@ class JsonStore:
             return None, [("sessions", sid, None) for sid, s in self.t["sessions"].items() if s["user_id"] == user_id]
 
         await self._transact(tx)
+
+    async def change_password(self, user_id: str, password_hash: str, keep_session: str | None) -> bool:
+        """One transaction: the new hash, and every other login session of the account ends
+        (``keep_session``, the caller's, stays). False if the account is gone."""
+        def tx() -> tuple[bool, list[Change]]:
+            doc = self.t["users"].get(user_id)
+            if doc is None:
+                return False, []
+            changes: list[Change] = [("users", user_id, {**doc, "password": password_hash})]
+            changes += [("sessions", sid, None) for sid, s in self.t["sessions"].items()
+                        if s["user_id"] == user_id and sid != keep_session]
+            return True, changes
+
+        return await self._transact(tx)
 
     async def prune(self) -> None:
         """Drop what has expired: sessions, throttling windows."""
@@ -402,8 +429,7 @@ class JsonStore:
         from all addresses within the window, the next attempt locks it for the window's length,
         doubled for each further round (up to a day). Unknown usernames count the same way, so a 429 tells nothing about
         which accounts exist. Returns the attempt's time, for ``complete_login``."""
-        name = normalize_username(username)
-        pair_key, account_key = "pair:" + client_key(name + "\0" + client), "account:" + name
+        pair_key, account_key = _failure_keys(username, client)
 
         def tx() -> tuple[tuple[float, float | None], list[Change]]:
             now = time.time()
@@ -443,25 +469,33 @@ class JsonStore:
         attempt ``begin_login`` counted, move a visitor's cart in, start a session. Failures from
         other addresses still count: a login of the owner does not reset a distributed guess."""
         session_id = uuid.uuid4().hex
-        name = normalize_username(user.username)
-        pair_key, account_key = "pair:" + client_key(name + "\0" + client), "account:" + name
 
         def tx() -> tuple[str, list[Change]]:
             if user.id not in self._users:
                 raise UnknownOwner(user.id)
-            rows = self.t["login_failures"]
-            changes: list[Change] = [("login_failures", pair_key, None)] if pair_key in rows else []
-            account = rows.get(account_key)
-            if account is not None and attempt in account["at"]:
-                failures = list(account["at"])
-                failures.remove(attempt)
-                changes.append(("login_failures", account_key, {**account, "at": failures}))
+            changes = self._forget_failures(user.username, client, attempt)
             if merge_from:
                 changes += self._merge_changes(merge_from, user.id)
             doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at, "created_at": time.time()}
             return session_id, [*changes, ("sessions", session_id, doc)]
 
         return await self._transact(tx)
+
+    async def reset_login_failures(self, username: str, client: str, attempt: float) -> None:
+        """After a successful re-authentication: what ``complete_login`` forgets, without a session."""
+        await self._transact(lambda: (None, self._forget_failures(username, client, attempt)))
+
+    def _forget_failures(self, username: str, client: str, attempt: float) -> list[Change]:
+        """This address's failures for ``username``, and the attempt ``begin_login`` counted."""
+        pair_key, account_key = _failure_keys(username, client)
+        rows = self.t["login_failures"]
+        changes: list[Change] = [("login_failures", pair_key, None)] if pair_key in rows else []
+        account = rows.get(account_key)
+        if account is not None and attempt in account["at"]:
+            failures = list(account["at"])
+            failures.remove(attempt)
+            changes.append(("login_failures", account_key, {**account, "at": failures}))
+        return changes
 
     async def set_password(self, user_id: str, password_hash: str) -> None:
         def tx() -> tuple[None, list[Change]]:

@@ -9,12 +9,21 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
 
-from deps import AUTH_ERRORS, REGISTERED_ERRORS, CurrentIdentity, CurrentUser, IdentityRoute, StoreDep, unauthorized
+from deps import (
+    AUTH_ERRORS,
+    COMMON_ERRORS,
+    REGISTERED_ERRORS,
+    CurrentIdentity,
+    CurrentUser,
+    IdentityRoute,
+    StoreDep,
+    unauthorized,
+)
 from models import DEFAULT_PREFERENCES, DataExport, Favourites, History, Message, Preferences, PreferencesPatch
 from routers.shop import CATALOGUE, NOT_FOUND
 from store import UnknownOwner
 
-router = APIRouter(tags=["personalisation"], route_class=IdentityRoute)
+router = APIRouter(tags=["personalisation"], route_class=IdentityRoute, responses=COMMON_ERRORS)
 
 
 def _history(history: list[tuple[int, float]]) -> list[dict[str, Any]]:

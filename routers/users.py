@@ -1,4 +1,8 @@
-"""Accounts: the book's ``/users`` routes, plus refresh, logout and account deletion."""
+"""Accounts: the book's ``/users`` routes, plus refresh, logout, password change and account deletion.
+
+Changing the password and deleting the account ask for the password again (``reauthenticate``):
+a stolen access token alone can do neither, and each wrong guess counts toward the login lockout.
+"""
 
 import time
 import uuid
@@ -22,12 +26,15 @@ from deps import (
     SettingsDep,
     StoreDep,
     disconnect_watch,
+    unauthorized,
 )
 from models import (
+    AccountDeletion,
     Cursor,
     LoginRequest,
     LogoutRequest,
     Message,
+    PasswordChange,
     RefreshRequest,
     TokenOut,
     UserCreate,
@@ -42,6 +49,13 @@ router = APIRouter(prefix="/users", tags=["users"], route_class=IdentityRoute, r
 
 TOO_MANY = {"model": Message, "description": "Over this client address's budget; see Retry-After"}
 BUSY = {"model": Message, "description": "Too many password checks queued; see Retry-After"}
+REAUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    **REGISTERED_ERRORS,
+    401: {"model": Message, "description": f"Missing, invalid, expired or revoked token; or `{INVALID_LOGIN}`: "
+          "the password is wrong (counted like a failed login)"},
+    429: {"model": Message, "description": "Too many failed logins for this username; see Retry-After"},
+    503: BUSY,
+}
 
 
 def _tokens(auth: AuthHandler, user: User, session_id: str, refresh_jti: str,
@@ -104,13 +118,15 @@ async def refresh(body: RefreshRequest, store: StoreDep, auth: AuthDep, settings
     """Rotate: a new access and refresh token; the old refresh token is spent. Presenting a spent
     one again ends the whole session (it was copied), logging out thief and owner alike, unless
     it was spent less than ``REFRESH_REUSE_GRACE_SECONDS`` ago (two tabs refreshing at once):
-    then the answer carries the session's current refresh token."""
+    then the answer carries the session's current refresh token. A session older than
+    ``SESSION_MAX_DAYS`` cannot be refreshed: its user logs in again."""
     try:
         claims = auth.decode_token(body.refresh_token, kinds=("refresh",))
     except TokenError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
     rotated = await store.rotate_session(claims["sid"], claims["sub"], claims["jti"], uuid.uuid4().hex,
-                                         time.time() + auth.refresh_seconds, settings.refresh_reuse_grace_seconds)
+                                         time.time() + auth.refresh_seconds, settings.refresh_reuse_grace_seconds,
+                                         settings.session_max_days * 86400)
     user = await store.get_user(claims["sub"])
     if rotated is None or user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid token")
@@ -138,8 +154,21 @@ async def logout_all(user: CurrentUser, store: StoreDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=REGISTERED_ERRORS)
-async def delete_me(user: CurrentUser, store: StoreDep) -> Response:
-    """Delete this account and everything kept about it: cart, history, favourites, preferences, sessions."""
+@router.post("/me/password", status_code=status.HTTP_204_NO_CONTENT, responses=REAUTH_ERRORS)
+async def change_password(body: PasswordChange, request: Request, client: ClientAddress, user: CurrentUser,
+                          store: StoreDep, auth: AuthDep, settings: SettingsDep) -> Response:
+    """Set a new password. Every other login session of the account ends; this one stays."""
+    if not await accounts.change_password(user, body.current_password, body.new_password,
+                                          _caller(request, client, None), store, auth, settings):
+        raise unauthorized("Invalid token")  # deleted meanwhile
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=REAUTH_ERRORS)
+async def delete_me(body: AccountDeletion, request: Request, client: ClientAddress, user: CurrentUser,
+                    store: StoreDep, auth: AuthDep, settings: SettingsDep) -> Response:
+    """Delete this account and everything kept about it: cart, history, favourites, preferences,
+    sessions. The body repeats the password."""
+    await accounts.reauthenticate(user, body.password, _caller(request, client, None), store, auth, settings)
     await store.delete_user(user.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -144,7 +144,8 @@ async def test_store_file_is_private_and_in_the_books_format(client: Client, set
 
 async def test_delete_me_removes_the_account_and_its_tokens(client: Client) -> None:
     token = await client.token_for("leaving")
-    assert (await client.delete("/users/me", headers=bearer(token))).status_code == 204
+    deleted = await client.request("DELETE", "/users/me", json={"password": "password123"}, headers=bearer(token))
+    assert deleted.status_code == 204
     response = await client.get("/users/me", headers=bearer(token))
     assert response.status_code == 401 and response.json() == {"detail": "Invalid token"}
     assert (await client.login("leaving")).status_code == 401

@@ -1,4 +1,5 @@
 import { AuthProvider, useAuth } from "./AuthContext.jsx";
+import AccountPanel from "./components/AccountPanel.jsx";
 import AuthForms from "./components/AuthForms.jsx";
 import Message from "./components/Message.jsx";
 import Shop from "./components/Shop.jsx";
@@ -11,6 +12,7 @@ function Account() {
     <>
       {!user && <AuthForms />}
       <Users />
+      <AccountPanel />
     </>
   );
 }

@@ -2,6 +2,7 @@ import { createContext, useCallback, useContext, useEffect, useMemo, useState } 
 import { anonymousToken, api, on, SessionExpiredError, tokens } from "./api.js";
 
 const EXPIRED_MESSAGE = "Your session has expired or is invalid, please log in again.";
+const WRONG_PASSWORD = "The password is wrong";
 
 const AuthContext = createContext(null);
 
@@ -83,26 +84,82 @@ export function AuthProvider({ children }) {
     }
   }, []);
 
+  /** This browser's session is over: forget it, carry on as an anonymous visitor. */
+  const leave = useCallback(async (text) => {
+    tokens.clearSession();
+    setUser(null);
+    setMessage(text);
+    try {
+      await anonymousToken();
+    } catch (error) {
+      setMessage(`${text} (could not start a visitor session: ${error.message})`);
+    }
+    setSessionKey((key) => key + 1);
+  }, []);
+
   const logout = useCallback(async () => {
     try {
       await api.logout();
     } catch {
       // The session ends on this side whatever the server answered.
     }
-    tokens.clearSession();
-    setUser(null);
-    setMessage("Logged out");
+    await leave("Logged out");
+  }, [leave]);
+
+  /** Runs an account action; true on success, else the error is shown. */
+  const attempt = useCallback(async (action) => {
     try {
-      await anonymousToken();
+      await action();
+      return true;
     } catch (error) {
-      setMessage(`Logged out (could not start a visitor session: ${error.message})`);
+      if (error instanceof SessionExpiredError) return false; // "expired" has ended the session
+      setMessage(error.status === 401 ? WRONG_PASSWORD : error.message);
+      return false;
     }
-    setSessionKey((key) => key + 1);
   }, []);
 
+  const logoutEverywhere = useCallback(
+    () =>
+      attempt(async () => {
+        await api.logoutAll();
+        await leave("Logged out on every device");
+      }),
+    [attempt, leave],
+  );
+
+  const changePassword = useCallback(
+    (currentPassword, newPassword) =>
+      attempt(async () => {
+        await api.changePassword(currentPassword, newPassword);
+        setMessage("Password changed; your other sessions are logged out");
+      }),
+    [attempt],
+  );
+
+  const deleteAccount = useCallback(
+    (password) =>
+      attempt(async () => {
+        await api.deleteAccount(password);
+        await leave("Account deleted");
+      }),
+    [attempt, leave],
+  );
+
   const value = useMemo(
-    () => ({ user, message, setMessage, checking, sessionKey, register, login, logout }),
-    [user, message, checking, sessionKey, register, login, logout],
+    () => ({
+      user,
+      message,
+      setMessage,
+      checking,
+      sessionKey,
+      register,
+      login,
+      logout,
+      logoutEverywhere,
+      changePassword,
+      deleteAccount,
+    }),
+    [user, message, checking, sessionKey, register, login, logout, logoutEverywhere, changePassword, deleteAccount],
   );
   return <AuthContext.Provider value={value}>{children}</AuthContext.Provider>;
 }

@@ -112,6 +112,16 @@ async function parse(response) {
   return data;
 }
 
+/** A 401 about the token (renew it), not about a password the user typed (show it). */
+async function isTokenError(response) {
+  const detail = await response
+    .clone()
+    .json()
+    .then((data) => data?.detail)
+    .catch(() => null);
+  return typeof detail !== "string" || TOKEN_ERRORS.includes(detail);
+}
+
 // --- single-flight token renewal ---
 
 /** `fn` run once at a time: callers that ask while it runs share its promise. */
@@ -168,7 +178,7 @@ export async function request(path, { method = "GET", body } = {}) {
 
   if (jwt) {
     let response = await send(path, { method, body: bodyNow(), token: jwt });
-    if (response.status === 401) {
+    if (response.status === 401 && (await isTokenError(response))) {
       const current = tokens.jwt();
       if (!current) throw new SessionExpiredError(); // logged out meanwhile
       // Another caller may have refreshed already while this one was waiting.
@@ -229,6 +239,16 @@ export const api = {
       method: "POST",
       body: () => (tokens.refresh() ? { refresh_token: tokens.refresh() } : undefined),
     }),
+
+  logoutAll: () => request("/users/logout-all", { method: "POST" }),
+
+  changePassword: (currentPassword, newPassword) =>
+    request("/users/me/password", {
+      method: "POST",
+      body: { current_password: currentPassword, new_password: newPassword },
+    }),
+
+  deleteAccount: (password) => request("/users/me", { method: "DELETE", body: { password } }),
 
   me: () => request("/users/me"),
   listUsers: () => request("/users/list"),

@@ -91,6 +91,41 @@ describe("registered session", () => {
   });
 });
 
+describe("account actions", () => {
+  it("shows a wrong password instead of refreshing the session", async () => {
+    tokens.saveSession({ token: "access", refresh_token: "r1" });
+    const { fetch, calls } = fakeFetch(() => json(401, { detail: "Invalid username and/or password" }));
+    vi.stubGlobal("fetch", fetch);
+
+    await expect(api.changePassword("wrong", "new-password-1")).rejects.toMatchObject({
+      status: 401,
+      message: "Invalid username and/or password",
+    });
+
+    expect(calls).toEqual([
+      {
+        path: "/users/me/password",
+        method: "POST",
+        bearer: "access",
+        body: { current_password: "wrong", new_password: "new-password-1" },
+      },
+    ]);
+    expect(tokens.jwt()).toBe("access"); // still logged in
+  });
+
+  it("deletes the account with the password in the body", async () => {
+    tokens.saveSession({ token: "access", refresh_token: "r1" });
+    const { fetch, calls } = fakeFetch(() => new Response(null, { status: 204 }));
+    vi.stubGlobal("fetch", fetch);
+
+    await api.deleteAccount("secret-password");
+
+    expect(calls).toEqual([
+      { path: "/users/me", method: "DELETE", bearer: "access", body: { password: "secret-password" } },
+    ]);
+  });
+});
+
 describe("anonymous visitor", () => {
   it("gets an anonymous token first, and a new one once after a 401", async () => {
     let issued = 0;
