@@ -117,3 +117,13 @@ def test_workers_share_the_login_budget(tmp_path: Path) -> None:
             time.sleep(2.5)  # each worker has shared its counts and learnt the other's
             later = [client.post("/users/login", json=credentials(f"ghost{i}")).status_code for i in range(10, 20)]
         assert later == [429] * 10
+
+
+def test_the_owner_logs_in_from_its_address_while_another_is_locked_out(tmp_path: Path) -> None:
+    with Server(tmp_path / "users.json", LOGIN_MAX_FAILURES="3") as server, \
+            client_from(server, "127.0.0.1", timeout=20) as owner, client_from(server, "127.0.0.2", timeout=20) as attacker:
+        assert owner.post("/users/register", json=credentials("owner")).status_code == 201
+        wrong = credentials("owner", "wrong-password")
+        assert [attacker.post("/users/login", json=wrong).status_code for _ in range(4)] == [401, 401, 401, 429]
+        assert attacker.post("/users/login", json=credentials("owner")).status_code == 429
+        assert owner.post("/users/login", json=credentials("owner")).status_code == 200
