@@ -97,7 +97,8 @@ def _ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
 
 
 def _p99(samples: list[float]) -> float:
-    return sorted(samples)[min(len(samples) - 1, int(len(samples) * 0.99))]
+    """The 99th percentile; infinite for no sample at all (every login refused)."""
+    return sorted(samples)[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else float("inf")
 
 
 def _users(n: int) -> str:
@@ -182,7 +183,8 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
         "flood_login_p99", "11", "real user's login p99 during a login flood ÷ idle",
         "8 connections, 2 abandoning, cost 12", "≤ 3",
         Stat.of(_ratios([_p99(s) for s in abuse["login_flood_ms"]], [_p99(s) for s in abuse["login_idle_ms"]])),
-        check=("<=", 3.0),
+        check=("<=", 3.0), note=(f"{abuse['login_flood_refused']} of the real user's logins refused (503)"
+                                 if abuse.get("login_flood_refused") else ""),
     ))
     rows.append(Row(
         "list_health_p99", "12", "GET /health p99 while 4 clients page /users/list ÷ idle", _users(big), "≤ 3",

@@ -171,7 +171,8 @@ def start_ours(
         "JWT_SECRET": secret,
         "BCRYPT_ROUNDS": str(bcrypt_rounds),
         "ANONYMOUS_LOGIN_RATE_LIMIT": "0",  # the load comes from one address: budgets off,
-        "LOGIN_RATE_LIMIT": "0",  # so that throughput is measured, not the limits
+        "ANONYMOUS_LOGIN_GLOBAL_LIMIT": "0",  # so that throughput is measured, not the limits
+        "LOGIN_RATE_LIMIT": "0",
         "REGISTER_RATE_LIMIT": "0",
     })
     env.update(extra_env or {})
