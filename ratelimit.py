@@ -10,10 +10,12 @@ which is what a brute-force limit needs.
 
 Windows slide, approximated the usual way (as nginx and Cloudflare do): the count of the current
 fixed window plus the previous window's, weighted by how much of it still lies inside the
-sliding one. That keeps two numbers per address instead of a timestamp per request, and has no
-burst of twice the limit at a window boundary.
+sliding one, rounded up to whole requests (so a burst just before a boundary still counts in
+full just after it). That keeps two numbers per address instead of a timestamp per request, and
+has no burst of twice the limit at a window boundary.
 """
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -67,7 +69,7 @@ class RateLimiter:
         used_now = current.shared + current.pending
         used_before = previous.shared + previous.pending if previous is not None else 0
         weight = 1 - into / budget.window
-        if used_now + used_before * weight >= budget.limit:
+        if used_now + math.ceil(used_before * weight) >= budget.limit:  # whole requests, rounded up
             raise RateLimited(self._retry_after(budget, used_now, used_before, into))
         current.pending += 1
 

@@ -114,7 +114,7 @@ def test_workers_share_the_login_budget(tmp_path: Path) -> None:
             first = [client.post("/users/login", json=credentials(f"ghost{i}")).status_code for i in range(10)]
             assert first == [401] * 10
             assert len(server.served_by("POST /users/login")) == 2, "the logins did not reach both workers"
-            time.sleep(2.5)  # each worker has shared its counts and learnt the other's
+            time.sleep(3.5)  # each worker has shared its counts (once a second) and learnt the other's
             later = [client.post("/users/login", json=credentials(f"ghost{i}")).status_code for i in range(10, 20)]
         assert later == [429] * 10
 
