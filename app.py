@@ -28,7 +28,7 @@ from ratelimit import Budget, RateLimiter
 from routers import anonymous, personal, shop, users
 from security_headers import SecurityHeaders, build_headers
 from settings import Settings
-from store import JsonStore, StoreError
+from store import Store, StoreError, StoreUnavailable, build_store
 
 log = logging.getLogger("uvicorn.error")
 MAX_BODY_BYTES = 64 * 1024
@@ -40,7 +40,7 @@ BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a 
 TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login")  # answers that carry a token
 
 
-async def _maintain(store: JsonStore, settings: Settings) -> None:
+async def _maintain(store: Store, settings: Settings) -> None:
     """Forget idle visitors and expired sessions, so the store does not grow without bound."""
     purged = await store.purge_anonymous(settings.anonymous_token_expire_days * 86400)
     await store.prune()
@@ -57,7 +57,7 @@ async def _periodically(seconds: float, job: Callable[[], Awaitable[None]], what
             log.exception("%s failed", what)
 
 
-def _limiter(store: JsonStore, settings: Settings) -> RateLimiter:
+def _limiter(store: Store, settings: Settings) -> RateLimiter:
     return RateLimiter(store, {"login": Budget(settings.login_rate_limit, 60),
                                "register": Budget(settings.register_rate_limit, 3600)})
 
@@ -65,9 +65,9 @@ def _limiter(store: JsonStore, settings: Settings) -> RateLimiter:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    store = JsonStore(settings.users_file)
+    store = build_store(settings)
     try:
-        await asyncio.to_thread(store.open)
+        await store.open()
     except StoreError as exc:
         log.error("Cannot start: %s", exc)
         raise
@@ -92,13 +92,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
-        await limiter.share()
         try:
+            await limiter.share()
             await store.flush_views()  # a clean stop keeps every view
         except Exception:
-            log.exception("writing the browsing history at shutdown failed")
-        await store.drain()
-        await asyncio.to_thread(store.close)  # folds the journal: file I/O, off the event loop
+            log.exception("writing the request counts and browsing history at shutdown failed")
+        await store.close()  # JSON: waits for queued writes and folds the journal
         auth.close()
 
 
@@ -196,6 +195,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+STORE_UNAVAILABLE_RETRY_AFTER = 1  # seconds; a database restart usually takes a few
+
+
+async def store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The database is down or unreachable: a 503 the client may retry, never a 500. The log
+    line names the kind of failure only (no connection string)."""
+    log.warning("store unavailable: %s", exc)
+    return JSONResponse({"detail": "Database unavailable; try again shortly"}, status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
+
+
 def config_errors(exc: ValidationError) -> str:
     """A settings error without the values that were refused: a rejected JWT_SECRET is still a secret."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg']}"
@@ -228,6 +238,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        token_paths=TOKEN_PATHS)  # answer gets them, a 431 too
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, str]:

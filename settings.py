@@ -40,12 +40,23 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://127.0.0.1:5173"]
     hsts_seconds: int | None = Field(None, ge=0, description="Strict-Transport-Security max-age; unset: no header")
     frontend_dir: Path = Path(__file__).parent / "frontend" / "dist"
+    database_url: SecretStr | None = Field(None, description="postgresql://user:password@host/db; unset: USERS_FILE")
+    database_pool_size: int = Field(10, ge=1, le=1000, description="PostgreSQL connections per worker process")
+    database_startup_timeout_seconds: float = Field(30, ge=0, description="retry an unreachable database this "
+                                                    "long at start-up, then exit (code 3)")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("DATABASE_URL must start with postgresql:// (e.g. postgresql://user:password@host/db)")
         return value
 
     @field_validator("jwt_secret")

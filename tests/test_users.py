@@ -136,8 +136,8 @@ async def test_store_file_is_private_and_in_the_books_format(client: Client, set
     path = settings.users_file
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(str(path) + ".journal").st_mode) == 0o600
-    client.app.state.store.close()  # type: ignore[attr-defined]  # a clean stop folds the journal
-    client.app.state.store.open()  # type: ignore[attr-defined]
+    await client.app.state.store.close()  # type: ignore[attr-defined]  # a clean stop folds the journal
+    await client.app.state.store.open()  # type: ignore[attr-defined]
     users = json.loads(path.read_text())["users"]
     assert [u["username"] for u in users] == ["marko"] and users[0]["password"].startswith("$2b$04$")
 
