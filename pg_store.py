@@ -35,6 +35,7 @@ JSON store, the book's format included, copied in idempotently), both on ``DATAB
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import sys
@@ -111,6 +112,17 @@ def sqlalchemy_url(url: str) -> str:
 def _owner(owner: str) -> tuple[str, str | None, str | None]:
     """``(owner, user_id, anonymous_id)``: an owner is a visitor (``anonymous_...``) or an account."""
     return (owner, None, owner) if owner.startswith(ANONYMOUS_PREFIX) else (owner, owner, None)
+
+
+def _nul_free(key: str) -> str:
+    """``key`` as PostgreSQL text can hold it: a name with a NUL (a login attempt may send one;
+    no account has one) becomes a digest of itself."""
+    return key if "\0" not in key else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _failure_rows(username: str, client: str) -> tuple[str, str]:
+    pair_key, account_key = _failure_keys(username, client)
+    return pair_key, _nul_free(account_key)
 
 
 def _user(row: Any) -> User:
@@ -371,6 +383,8 @@ class PostgresStore:
         return user
 
     async def find_user(self, username: str) -> User | None:
+        if "\0" in username:  # no account has one, and PostgreSQL text cannot hold it
+            return None
         row = await self._read(lambda c: c.fetchrow(
             "SELECT id, username, password FROM users WHERE name_key = $1", normalize_username(username)))
         return _user(row) if row else None
@@ -595,7 +609,7 @@ class PostgresStore:
 
     async def begin_login(self, username: str, client: str, rules: Lockout) -> float:
         """As ``JsonStore.begin_login``, on the two counters' rows locked for the transaction."""
-        pair_key, account_key = _failure_keys(username, client)
+        pair_key, account_key = _failure_rows(username, client)
 
         async def tx(t: _Tx) -> tuple[float, float | None]:
             now = time.time()
@@ -845,7 +859,7 @@ async def _put_failures(conn: asyncpg.Connection, key: str, at: list[float], unt
 
 async def _forget_failures(conn: asyncpg.Connection, username: str, client: str, attempt: float) -> None:
     """This address's failures for ``username``, and the attempt ``begin_login`` counted."""
-    pair_key, account_key = _failure_keys(username, client)
+    pair_key, account_key = _failure_rows(username, client)
     await conn.execute("DELETE FROM login_failures WHERE key = $1", pair_key)
     at = await conn.fetchval("SELECT at FROM login_failures WHERE key = $1 FOR UPDATE", account_key)
     if at is not None and attempt in at:
@@ -1023,9 +1037,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pg_store", description="The PostgreSQL store's tools.")
     parser.add_argument("--database-url", help="default: DATABASE_URL (environment or .env)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("migrate", help="upgrade the schema to the newest revision")
+    migrator = commands.add_parser("migrate", help="upgrade the schema to the newest revision")
     importer = commands.add_parser("import-json", help="copy a JSON store (users.json) in, idempotently")
     importer.add_argument("path", type=Path)
+    for command in (migrator, importer):  # before or after the command
+        command.add_argument("--database-url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     url = args.database_url
     if url is None:
