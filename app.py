@@ -6,6 +6,7 @@ Run it with ``uvicorn app:app`` (add ``--reload`` while developing, ``--workers 
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from copy import copy
@@ -53,6 +54,8 @@ async def _periodically(seconds: float, job: Callable[[], Awaitable[None]], what
         await asyncio.sleep(seconds)
         try:
             await job()
+        except StoreUnavailable as exc:  # the database is down: no traceback each round
+            log.warning("%s failed: %s", what, exc)
         except Exception:  # keep serving; the next round tries again
             log.exception("%s failed", what)
 
@@ -196,12 +199,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 STORE_UNAVAILABLE_RETRY_AFTER = 1  # seconds; a database restart usually takes a few
+_last_unavailable_log = -1.0
 
 
 async def store_unavailable(_: Request, exc: Exception) -> JSONResponse:
     """The database is down or unreachable: a 503 the client may retry, never a 500. The log
     line names the kind of failure only (no connection string)."""
-    log.warning("store unavailable: %s", exc)
+    global _last_unavailable_log
+    if time.monotonic() - _last_unavailable_log >= 1:  # an outage under load: a line a second, not one a request
+        _last_unavailable_log = time.monotonic()
+        log.warning("store unavailable: %s", exc)
     return JSONResponse({"detail": "Database unavailable; try again shortly"}, status.HTTP_503_SERVICE_UNAVAILABLE,
                         headers={"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
 
