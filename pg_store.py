@@ -83,6 +83,7 @@ CACHE_ENTRIES = 100_000  # per kind; the oldest goes first
 ACQUIRE_TIMEOUT = 2.0  # seconds to wait for a pooled connection before a 503
 COMMAND_TIMEOUT = 5.0  # seconds for one statement before a 503
 CONNECT_TIMEOUT = 3.0
+LISTENER_NAME = "farm-auth listener"  # its application_name in pg_stat_activity
 LISTENER_HEARTBEAT = 1.0  # seconds between checks that the LISTEN connection is alive
 TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
@@ -259,7 +260,8 @@ class PostgresStore:
             conn: asyncpg.Connection | None = None
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT)
+                conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT,
+                                             server_settings={"application_name": LISTENER_NAME})
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self._forget_all()
