@@ -143,6 +143,20 @@ class _Tx:
         self.notes.append(note)
 
 
+def database_url_from_environment() -> str | None:
+    """``DATABASE_URL`` from the environment or ``.env``, as the service reads it (the tools need
+    none of the service's other settings)."""
+    from pydantic import SecretStr
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class DatabaseSettings(BaseSettings):
+        model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+        database_url: SecretStr | None = None
+
+    secret = DatabaseSettings().database_url
+    return secret.get_secret_value() if secret else None
+
+
 # -- migrations (blocking: psycopg through SQLAlchemy, run in a thread) ---------------------------
 
 def migrate(url: str) -> str | None:
@@ -1045,12 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
     for command in (migrator, importer):  # before or after the command
         command.add_argument("--database-url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    url = args.database_url
-    if url is None:
-        from settings import Settings
-
-        secret = Settings().database_url
-        url = secret.get_secret_value() if secret else None
+    url = args.database_url or database_url_from_environment()
     if not url:
         print("DATABASE_URL is not set (or pass --database-url)", file=sys.stderr)
         return 3
@@ -1058,7 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             asyncio.run(PostgresStore(url, 1, 0)._wait_for_database())
             before = migrate(url)
-            print(f"{redact(url)}: migrated from {before or 'an empty database'} to the newest revision")
+            print(f"{redact(url)}: schema at the newest revision (it was at {before or 'none: an empty database'})")
         else:
             asyncio.run(PostgresStore(url, 1, 0)._wait_for_database())
             migrate(url)

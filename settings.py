@@ -3,6 +3,7 @@
 The JWT secret is the one value that must never live in code: when `JWT_SECRET`
 is unset, a strong random secret is generated once and kept beside the store
 (mode 0600), so tokens survive restarts and every worker signs with the same key.
+With `DATABASE_URL` (several hosts) `JWT_SECRET` must be set: one key for all hosts.
 """
 
 import os
@@ -12,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
@@ -66,6 +67,13 @@ class Settings(BaseSettings):
             raise ValueError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes; generate one with "
                              "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`")
         return value
+
+    @model_validator(mode="after")
+    def _one_key_for_all_hosts(self) -> "Settings":
+        if self.database_url is not None and self.jwt_secret is None:
+            raise ValueError("JWT_SECRET must be set when DATABASE_URL is: every host must sign tokens with the "
+                             "same key, and a generated one is kept on one host's disk")
+        return self
 
     @cached_property
     def secret(self) -> str:

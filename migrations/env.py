@@ -11,13 +11,12 @@ if connection is not None:
     with context.begin_transaction():
         context.run_migrations()
 else:
-    from pg_store import sqlalchemy_url  # only when run by the alembic command
-    from settings import Settings
+    from pg_store import database_url_from_environment, sqlalchemy_url  # only when run by the alembic command
 
-    url = Settings().database_url
+    url = database_url_from_environment()
     if url is None:
         raise SystemExit("DATABASE_URL is not set")
-    engine = create_engine(sqlalchemy_url(url.get_secret_value()), poolclass=pool.NullPool)
+    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
     with engine.connect() as conn:
         context.configure(connection=conn, transactional_ddl=True)
         with context.begin_transaction():
