@@ -4,7 +4,6 @@ deletion, the absolute session lifetime, safe usernames, normalised passwords, s
 
 import base64
 import hashlib
-import json
 import re
 import time
 import unicodedata
@@ -13,8 +12,9 @@ from pathlib import Path
 import pytest
 from passlib.context import CryptContext
 
-from conftest import SECRET, Client, bearer, make_settings, running
+from conftest import SECRET, Client, bearer, make_settings, running, seed_store
 from server import Server
+from settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -157,9 +157,10 @@ async def test_default_session_lifetime_allows_refreshes(client: Client) -> None
         session = response.json()
 
 
-def write_store(path: Path, users: list[dict], sessions: dict | None = None) -> None:
-    """A users.json as an earlier version of the service left it (the documented snapshot format)."""
-    path.write_text(json.dumps({"users": users, "sessions": sessions or {}}))
+def write_store(settings: Settings, users: list[dict], sessions: dict | None = None) -> None:
+    """A users.json as an earlier version of the service left it (the documented snapshot format);
+    on PostgreSQL, that file imported."""
+    seed_store(settings, {"users": users, "sessions": sessions or {}})
 
 
 async def test_a_session_stored_without_created_at_is_not_refreshed(tmp_path: Path) -> None:
@@ -168,7 +169,7 @@ async def test_a_session_stored_without_created_at_is_not_refreshed(tmp_path: Pa
 
     settings = make_settings(tmp_path)
     hashed = CryptContext(schemes=["bcrypt"], bcrypt__rounds=4).hash("password123")
-    write_store(settings.users_file, [{"id": "u-1", "username": "old", "password": hashed}],
+    write_store(settings, [{"id": "u-1", "username": "old", "password": hashed}],
                 {"s-1": {"user_id": "u-1", "jti": "j-1", "expires_at": time.time() + 3600}})
     auth = AuthHandler(SECRET, 4)
     refresh_token = auth.encode_refresh_token("u-1", "s-1", "j-1")
@@ -217,7 +218,7 @@ async def test_uniqueness_is_on_the_normalised_name(client: Client) -> None:
 async def test_accounts_made_under_the_old_rule_still_log_in(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     hashed = CryptContext(schemes=["bcrypt"], bcrypt__rounds=4).hash("password123")
-    write_store(settings.users_file, [{"id": "u-1", "username": "\u0441arol", "password": hashed}])
+    write_store(settings, [{"id": "u-1", "username": "\u0441arol", "password": hashed}])
     async for client in running(settings):
         response = await client.login("\u0441arol")
         assert response.status_code == 200, response.text
@@ -244,7 +245,7 @@ async def test_a_hash_of_the_password_as_typed_still_verifies_and_is_rehashed(tm
     nfd = unicodedata.normalize("NFD", "café-crème-42")
     nfc = unicodedata.normalize("NFC", nfd)
     legacy = CryptContext(schemes=["bcrypt"], bcrypt__rounds=4).hash(nfd)  # before normalisation
-    write_store(settings.users_file, [{"id": "u-1", "username": "old", "password": legacy}])
+    write_store(settings, [{"id": "u-1", "username": "old", "password": legacy}])
     async for client in running(settings):
         assert (await client.login("old", nfc)).status_code == 401  # the old hash knows only the NFD form
         assert (await client.login("old", nfd)).status_code == 200  # as typed: verified, then rehashed
