@@ -1,14 +1,13 @@
 """Anonymous visitors: their token, their cart, and the upgrade into an account."""
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
 import jwt
 import pytest
 
-from conftest import Client, bearer, make_settings, running
+from conftest import Client, bearer, make_settings, running, seed_store
 
 pytestmark = pytest.mark.anyio
 
@@ -123,13 +122,14 @@ async def test_activity_is_recorded_at_most_once_a_minute(client: Client, monkey
 async def test_idle_visitors_are_purged_at_start(tmp_path: Path) -> None:
     now = time.time()
     old, fresh = "anonymous_" + "0" * 36, "anonymous_" + "1" * 36
-    (tmp_path / "users.json").write_text(json.dumps({
+    settings = make_settings(tmp_path)
+    seed_store(settings, {
         "users": [],
         "anonymous": {old: {"created_at": now - 40 * 86400, "last_active_at": now - 31 * 86400},
                       fresh: {"created_at": now - 40 * 86400, "last_active_at": now - 29 * 86400}},
         "carts": {old: {"1": 1}, fresh: {"2": 1}},
-    }))
-    async for client in running(make_settings(tmp_path)):
+    })
+    async for client in running(settings):
         store = client.app.state.store  # type: ignore[attr-defined]
         assert not await store.anonymous_exists(old) and await store.get_cart(old) == {}
         assert await store.anonymous_exists(fresh) and await store.get_cart(fresh) == {2: 1}

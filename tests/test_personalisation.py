@@ -239,6 +239,7 @@ async def test_deleting_the_account_removes_all_its_data(client: Client) -> None
     assert await store.get_preferences(old_id) == {} and await store.get_cart(old_id) == {}
 
 
+@pytest.mark.json_only  # edits or reads the JSON file itself
 async def test_session_without_created_at_still_loads(tmp_path: Path, settings: Settings) -> None:
     async for client in running(settings):
         token = await client.token_for("marko")

@@ -131,6 +131,7 @@ async def test_concurrent_registrations_one_winner_and_group_commit(client: Clie
     assert len(users) == 52
 
 
+@pytest.mark.json_only  # edits or reads the JSON file itself
 async def test_store_file_is_private_and_in_the_books_format(client: Client, settings) -> None:
     await client.register("marko", "marko123")
     path = settings.users_file
