@@ -151,36 +151,50 @@ def test_40_registrations_of_one_name_over_two_hosts_have_one_winner(tmp_path: P
 # -- revocation reaches the other host -----------------------------------------------------------
 
 
-def revoke(server: Server, how: str, access_token: str) -> None:
+def revoke_through(server: Server, how: str, session: dict[str, str]) -> None:
+    """End the login ``session`` through ``server``, as ``how`` does."""
+    access = session["token"]
     with fresh_connections(server) as client:
         if how == "logout":
-            response = client.post("/users/logout", headers=bearer(access_token))
+            response = client.post("/users/logout", headers=bearer(access))
         elif how == "logout-all":
-            response = client.post("/users/logout-all", headers=bearer(access_token))
-        else:
-            response = client.request("DELETE", "/users/me", json={"password": PASSWORD},
-                                      headers=bearer(access_token))
+            response = client.post("/users/logout-all", headers=bearer(access))
+        elif how == "delete-account":
+            response = client.request("DELETE", "/users/me", json={"password": PASSWORD}, headers=bearer(access))
+        elif how == "password-change":  # from another session: every other session of the account ends
+            other = client.post("/users/login", json=credentials("alice")).json()["token"]
+            response = client.post("/users/me/password", headers=bearer(other),
+                                   json={"current_password": PASSWORD, "new_password": "another-pass-1"})
+        else:  # refresh-token reuse: the refresh token the session spent, shown again, ends the session
+            response = client.post("/users/refresh", json={"refresh_token": session["spent_refresh_token"]})
+            assert response.status_code == 401, response.text
+            return
     assert response.status_code == 204, response.text
 
 
-@pytest.mark.parametrize("how", ["logout", "logout-all", "delete-account"])
+@pytest.mark.parametrize("how", ["logout", "logout-all", "delete-account", "password-change", "refresh-reuse"])
 def test_a_token_revoked_on_one_host_is_refused_on_the_other(tmp_path: Path, database: str, how: str) -> None:
-    with hosts(tmp_path, database) as (a, b):
-        with fresh_connections(a) as client:
-            assert client.post("/users/register", json=credentials("alice")).status_code == 201
-            access = token(a, "alice")
-            for _ in range(20):  # both workers of A now hold the session in their caches
-                assert client.get("/users/me", headers=bearer(access)).status_code == 200
-            assert len(a.served_by("GET /users/me")) == 2, "the reads did not reach both workers of A"
+    with hosts(tmp_path, database, REFRESH_REUSE_GRACE_SECONDS="0") as (a, b), fresh_connections(a) as client:
+        assert client.post("/users/register", json=credentials("alice")).status_code == 201
+        session = client.post("/users/login", json=credentials("alice")).json()
+        if how == "refresh-reuse":  # rotated on B: A is to see the new access token
+            with fresh_connections(b) as on_b:
+                refreshed = on_b.post("/users/refresh", json={"refresh_token": session["refresh_token"]})
+            assert refreshed.status_code == 200, refreshed.text
+            session = {**refreshed.json(), "spent_refresh_token": session["refresh_token"]}
+        access = session["token"]
+        for _ in range(20):  # both workers of A now hold the session in their caches
+            assert client.get("/users/me", headers=bearer(access)).status_code == 200
+        assert len(a.served_by("GET /users/me")) == 2, "the reads did not reach both workers of A"
 
-            revoke(b, how, access)
-            revoked_at = time.monotonic()
-            answers: list[int] = []
-            while time.monotonic() - revoked_at < REVOKED_WITHIN and answers[-10:] != [401] * 10:
-                answers.append(client.get("/users/me", headers=bearer(access)).status_code)
-            delay = time.monotonic() - revoked_at
-        assert answers[-10:] == [401] * 10, f"A still accepted the token {delay:.3f} s after B revoked it: {answers}"
-        assert set(answers) <= {200, 401}
+        revoke_through(b, how, session)
+        revoked_at = time.monotonic()
+        answers: list[int] = []
+        while time.monotonic() - revoked_at < REVOKED_WITHIN and answers[-10:] != [401] * 10:
+            answers.append(client.get("/users/me", headers=bearer(access)).status_code)
+        delay = time.monotonic() - revoked_at
+    assert answers[-10:] == [401] * 10, f"A still accepted the token {delay:.3f} s after B revoked it: {answers}"
+    assert set(answers) <= {200, 401}
 
 
 # -- budgets and lockouts are the service's, not a host's ------------------------------------------
