@@ -180,3 +180,30 @@ def test_start_up_migrations_of_several_hosts_do_not_race(databases: Databases) 
     assert [run.returncode for run in runs] == [0] * 4, outputs
     assert pg_support.psql("SELECT version_num FROM alembic_version", url) == "0001"
 
+
+
+async def test_views_noted_by_another_process_follow_the_visitor_into_the_account(tmp_path: Path,
+                                                                                databases: Databases) -> None:
+    """As tests/test_personalisation.py's JSON version: two stores on one database, as two workers."""
+    url = databases.url_for(tmp_path)
+    first, second = PostgresStore(url, 2), PostgresStore(url, 2)
+    await first.open()
+    await second.open()
+    try:
+        visitor = await first.add_anonymous("client", 0)
+        await first.record_view(visitor, 3)
+        await second.record_view(visitor, 2)
+        await second.add_favourite(visitor, 7)
+        await second.set_cart_item(visitor, 1, 2)
+        user = await second.add_user("marko", "not-a-hash", merge_from=visitor)
+        assert [item for item, _ in await second.get_history(user.id)] == [2]
+        assert await first.flush_views() == 1
+        assert [item for item, _ in await second.get_history(user.id)] == [2, 3]  # by time
+        assert await first.get_favourites(user.id) == [7] and await first.get_cart(user.id) == {1: 2}
+        assert not await first.anonymous_exists(visitor)
+        assert await second.delete_user(user.id)
+        await first.record_view(visitor, 4)
+        assert await first.flush_views() == 0  # the account is gone: so are the visitor's late views
+    finally:
+        for store in (first, second):
+            await store.close()
