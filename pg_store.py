@@ -285,7 +285,7 @@ class PostgresStore:
                     try:
                         await asyncio.wait_for(lost.wait(), LISTENER_HEARTBEAT)
                     except TimeoutError:
-                        await conn.fetchval("SELECT 1", timeout=LISTENER_HEARTBEAT)  # a dead peer raises
+                        await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)  # a dead peer raises
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001  (whatever broke it, reconnect)
