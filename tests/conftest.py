@@ -54,16 +54,17 @@ def backend() -> str:
 
 
 class Databases:
-    """The PostgreSQL databases of one test: one per store directory, copied from the template on first use."""
+    """The PostgreSQL databases of one test: one per store directory, a copy of the template made on
+    first use (taken from the spares made ahead), all dropped after the test."""
 
-    def __init__(self, template: str) -> None:
-        self.template = template
+    def __init__(self, spares: pg_support.Spares) -> None:
+        self.spares = spares
         self.urls: dict[str, str] = {}
 
     def url_for(self, directory: Path) -> str:
         key = str(Path(directory).resolve())
         if key not in self.urls:
-            self.urls[key] = pg_support.create_database(self.template)
+            self.urls[key] = self.spares.take()
         return self.urls[key]
 
     def unmigrated(self) -> str:
@@ -74,27 +75,30 @@ class Databases:
 
     def drop_all(self) -> None:
         for url in self.urls.values():
-            pg_support.drop_database(url)
+            self.spares.give_back(url)
 
 
 _databases: Databases | None = None  # the running test's, when it runs on PostgreSQL
 
 
 @pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
-    """This session's migrated template database. Unreachable PostgreSQL fails the test (no skip)."""
+def pg_spares() -> Iterator[pg_support.Spares]:
+    """This session's migrated template database, and copies of it made ahead. Unreachable
+    PostgreSQL fails the test (no skip)."""
     try:
         name = pg_support.create_template()
     except pg_support.DatabaseError as exc:
         pytest.fail(str(exc), pytrace=False)
-    yield name
+    spares = pg_support.Spares(name)
+    yield spares
+    spares.close()
     pg_support.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
-def databases(pg_template: str) -> Iterator[Databases]:
+def databases(pg_spares: pg_support.Spares) -> Iterator[Databases]:
     """Throw-away databases for a test that asks for them itself (e.g. real-process tests)."""
-    dbs = Databases(pg_template)
+    dbs = Databases(pg_spares)
     try:
         yield dbs
     finally:

@@ -7,7 +7,8 @@ test failure, never a skip.
 
 Per test session one template database is created and migrated (``python -m pg_store migrate``, the
 same command as ``make migrate``); every test that needs a database gets its own copy
-(``CREATE DATABASE ... TEMPLATE``, about 0.1 s) and it is dropped afterwards. Names carry this
+(``CREATE DATABASE ... TEMPLATE``) and it is dropped afterwards; ``Spares`` makes the copies
+ahead of need and drops them behind, on a thread, so a test waits for neither (about 0.3 s each). Names carry this
 process's pid (``farmtest_<pid>_<n>``), so concurrent sessions on one machine never meet, and
 databases left behind by a session that died are dropped by the next one.
 
@@ -18,10 +19,12 @@ needs no driver of its own. No pytest in here: the fixtures in conftest.py decid
 import functools
 import itertools
 import os
+import queue
 import re
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -123,6 +126,53 @@ def create_template() -> str:
     url = create_database()
     migrate(url)
     return urlsplit(url).path.lstrip("/")
+
+
+class Spares:
+    """Copies of the template made before they are asked for, and databases dropped after, on one
+    worker thread. ``take()`` hands out a fresh copy (and orders its replacement); ``give_back()``
+    queues a drop; ``close()`` waits for the queue and drops the spares left."""
+
+    def __init__(self, template: str, ahead: int = 2) -> None:
+        self.template = template
+        self._ready: queue.Queue[str | Exception] = queue.Queue()
+        self._jobs: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="pg-spares", daemon=True)
+        self._thread.start()
+        for _ in range(ahead):
+            self._jobs.put(("create", ""))
+
+    def _work(self) -> None:
+        while True:
+            job, url = self._jobs.get()
+            if job == "stop":
+                return
+            try:
+                if job == "create":
+                    self._ready.put(create_database(self.template))
+                else:
+                    drop_database(url)
+            except Exception as exc:  # noqa: BLE001 - handed to the test that waits for it
+                if job == "create":
+                    self._ready.put(exc)
+
+    def take(self) -> str:
+        self._jobs.put(("create", ""))
+        got = self._ready.get(timeout=120)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def give_back(self, url: str) -> None:
+        self._jobs.put(("drop", url))
+
+    def close(self) -> None:
+        self._jobs.put(("stop", ""))
+        self._thread.join(timeout=300)
+        while not self._ready.empty():
+            got = self._ready.get()
+            if isinstance(got, str):
+                drop_database(got)
 
 
 class PrivateCluster:
