@@ -107,11 +107,18 @@ def _json_post(port: int, path: str, payload: dict[str, Any]) -> tuple[int, Any]
         return status, body
 
 
-def login_ours(port: int, username: str) -> str:
-    status, body = _json_post(port, "/users/login", {"username": username, "password": PASSWORD})
-    if status != 200:
-        raise RuntimeError(f"ours: login as {username} gave {status}: {body}")
-    return str(body["token"])
+def login_ours(port: int, username: str, patience: float = 60.0) -> str:
+    """A token for ``username``. A 503 (the hashing queue shedding load on a busy machine) is retried
+    after its ``Retry-After``, as a client would: a timed login then includes the wait."""
+    deadline = time.monotonic() + patience
+    while True:
+        status, body = _json_post(port, "/users/login", {"username": username, "password": PASSWORD})
+        if status == 503 and time.monotonic() < deadline:
+            time.sleep(1.0)  # the service's Retry-After is whole seconds; 1 s is its smallest
+            continue
+        if status != 200:
+            raise RuntimeError(f"ours: login as {username} gave {status}: {body}")
+        return str(body["token"])
 
 
 def _peer_login_raw(port: int, email: str) -> tuple[int, bytes]:
