@@ -243,8 +243,12 @@ OptionalAnonymous = Annotated[str | None, Security(AnonymousVisitor())]
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     431: {"model": Message, "description": "Request headers over 16 KiB in all"},
 }
+# With DATABASE_URL, a route that needs the store answers 503 while the database is down (app.py).
+UNAVAILABLE: dict[str, Any] = {"model": Message, "description": "The database is unavailable (PostgreSQL "
+                               "backend only); see Retry-After"}
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "Missing, invalid, expired or revoked token"},
+    503: UNAVAILABLE,  # the token's session is checked in the store
 }
 REGISTERED_ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS, 403: {"model": Message, "description": "An anonymous token: a registered account is required"},
