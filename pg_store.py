@@ -18,8 +18,10 @@ the JSON store's; times are Unix seconds, as there.
   password change, account deletion, refresh-token reuse, a visitor upgraded or purged) sends a
   ``NOTIFY`` in the same transaction; one ``LISTEN`` connection per process drops the named
   entries when it arrives (milliseconds after the commit). A read that overlapped an
-  invalidation does not fill the cache (a generation counter). While the listener is down
-  nothing is served from or put into the cache, and it is emptied before it is used again.
+  invalidation does not fill the cache (a generation counter). Once the listener's loss is seen
+  (at once for a closed connection; a silent one fails its heartbeat within 1 + 3 s) the cache is
+  emptied, nothing is served from or put into it until the listener is back, and it is emptied
+  again then.
 - **Faults.** Any database error or timeout in a request raises ``StoreUnavailable`` (app.py
   answers 503 with ``Retry-After``); the pool reconnects by itself when the database is back.
   Start-up waits for an unreachable database up to ``DATABASE_STARTUP_TIMEOUT_SECONDS``, then
@@ -86,7 +88,9 @@ CONNECT_TIMEOUT = 3.0
 LISTENER_NAME = "farm-auth listener"  # its application_name in pg_stat_activity
 LISTENER_HEARTBEAT = 1.0  # seconds between checks that the LISTEN connection is alive
 TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+# what a lost, restarting or overloaded database raises (InternalClientError: a connection
+# broken in the middle of an operation, e.g. "another operation is in progress" during a restart)
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, asyncio.TimeoutError)
 ALL = "*"  # the NOTIFY payload that drops every cached entry
 TABLES = ("users", "anonymous", "cart_items", "history", "favourites", "preferences", "sessions",
           "login_failures", "anonymous_logins", "request_counts", "upgraded")
