@@ -279,6 +279,25 @@ class Stream:
             else:
                 self.unexpected.append(f"{name}: {answer.status_code} {answer.headers} {answer.text[:200]}")
 
+    async def read(self, server: Server, label: str, access_token: str, clients: int = 2) -> None:
+        """Protected reads (``GET /users/me``) beside the registrations: 200, or 503 + Retry-After."""
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, limits=limits,
+                                     headers=bearer(access_token)) as client:
+            async def one() -> None:
+                while not self.stop.is_set():
+                    try:
+                        answer = await client.get("/users/me")
+                    except httpx.TimeoutException:
+                        self.unexpected.append(f"{label} GET /users/me: no answer within {TIMEOUT} s")
+                        continue
+                    self.statuses[(label, answer.status_code)] += 1
+                    if answer.status_code == 503 and answer.headers.get("Retry-After", "").isdigit():
+                        await asyncio.sleep(0.05)
+                    elif answer.status_code != 200:
+                        self.unexpected.append(f"{label} GET /users/me: {answer.status_code} {answer.text[:200]}")
+            await asyncio.gather(*(one() for _ in range(clients)))
+
     def count(self, label: str, status: int) -> int:
         return self.statuses[(label, status)]
 
@@ -328,8 +347,14 @@ def test_a_postgresql_restart_under_load_gives_503s_then_recovers_losing_nothing
     with hosts(tmp_path, own_cluster.database()) as (a, b):
         stream = Stream()
 
+        with fresh_connections(a) as client:
+            assert client.post("/users/register", json=credentials("reader")).status_code == 201
+        access = token(a, "reader")
+
         async def scenario() -> None:
-            runs = [asyncio.create_task(stream.run(a, "a")), asyncio.create_task(stream.run(b, "b"))]
+            runs = [asyncio.create_task(stream.run(a, "a")), asyncio.create_task(stream.run(b, "b")),
+                    asyncio.create_task(stream.read(a, "a-read", access)),
+                    asyncio.create_task(stream.read(b, "b-read", access))]
             await stream.until(lambda: min(stream.count(h, 201) for h in "ab") >= 20, 60, "20 registrations each")
             await asyncio.to_thread(own_cluster.control, "stop")  # fast mode: every connection is cut
             try:
@@ -337,8 +362,10 @@ def test_a_postgresql_restart_under_load_gives_503s_then_recovers_losing_nothing
             finally:
                 await asyncio.to_thread(own_cluster.control, "start")
             before = {h: stream.count(h, 201) for h in "ab"}
-            await stream.until(lambda: all(stream.count(h, 201) >= before[h] + 20 for h in "ab"), 60,
-                               "both hosts registering again after the restart")
+            reads = {h: stream.count(h, 200) for h in ("a-read", "b-read")}
+            await stream.until(lambda: all(stream.count(h, 201) >= before[h] + 20 for h in "ab")
+                               and all(stream.count(h, 200) >= reads[h] + 20 for h in reads), 60,
+                               "both hosts registering and reading again after the restart")
             stream.stop.set()
             await asyncio.gather(*runs)
 
