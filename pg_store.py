@@ -225,7 +225,8 @@ class PostgresStore:
             raise StoreError(f"migrating the database at {redact(self._url)} failed: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         try:
-            self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size,
+            # min_size 0: no floor to restore, so an outage logs no traceback a second from the pool
+            self._pool = await asyncpg.create_pool(self._url, min_size=0, max_size=self._pool_size,
                                                    command_timeout=COMMAND_TIMEOUT, timeout=CONNECT_TIMEOUT,
                                                    init=_init_connection)
         except DB_ERRORS as exc:
