@@ -132,9 +132,10 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "login_rate_limit": 0,  # one test client registers and logs in many times from one address;
         "register_rate_limit": 0,  # tests/test_abuse.py checks these limits
         "frontend_dir": tmp_path / "no-frontend",
-        "database_url": _databases.url_for(tmp_path) if _databases is not None else None,
         **overrides,
     }
+    if "database_url" not in overrides:  # [postgres]: this directory's database; [json]: none, whatever the env says
+        values["database_url"] = _databases.url_for(tmp_path) if _databases is not None else None
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
