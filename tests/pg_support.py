@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -80,9 +81,18 @@ def create_database(template: str | None = None) -> str:
     return with_database(ADMIN_URL, name)
 
 
-def drop_database(url: str) -> None:
+def drop_database(url: str, attempts: int = 20) -> None:
+    """Drop it, its sessions cut off. FORCE cannot cut an autovacuum worker (a superuser's process)
+    that happens to be in it: then try again, it is gone within a moment."""
     name = urlsplit(url).path.lstrip("/")
-    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    for attempt in range(attempts):
+        try:
+            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            return
+        except DatabaseError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
 
 
 def drop_abandoned() -> None:
@@ -94,7 +104,10 @@ def drop_abandoned() -> None:
         try:
             os.kill(int(match.group(1)), 0)
         except ProcessLookupError:
-            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            try:
+                psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            except DatabaseError:
+                pass  # busy (autovacuum): the next session tries again
         except PermissionError:
             pass  # alive, someone else's
 
