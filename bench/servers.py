@@ -318,9 +318,12 @@ class PgAdmin:
         return name
 
     def drop_all(self) -> None:
+        """Drop every database made here; FORCE cannot end an autovacuum worker, so retry a moment."""
         for name in reversed(self.made):
-            try:
-                self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            except PgUnavailable:
-                pass
+            for _ in range(20):
+                try:
+                    self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                    break
+                except PgUnavailable:
+                    time.sleep(0.25)
         self.made.clear()
