@@ -7,12 +7,12 @@ SPA    := frontend/dist/index.html
 SPA_SRC := $(shell find frontend/src frontend/index.html frontend/package.json frontend/package-lock.json frontend/vite.config.js -type f 2>/dev/null)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench screenshot spa spa-if-npm chromium clean
+.PHONY: run test lint bench screenshot spa spa-if-npm chromium postgres migrate import-json clean
 
 run: $(VENV)/.installed spa-if-npm
 	$(VENV)/bin/uvicorn app:app --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-dev $(SPA) chromium
+test: $(VENV)/.installed-dev $(SPA) chromium postgres
 	cd frontend && npm test
 	$(PY) -m pytest
 
@@ -51,6 +51,38 @@ spa-if-npm:
 chromium:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+# PostgreSQL for the tests (the suite runs every HTTP test on both backends): Debian's package when
+# pg_ctlcluster is missing, its newest cluster started (a running one is left alone), then a login
+# role that may create the tests' throw-away databases. Test-only credentials, on loopback only; the
+# tests find the server through TEST_DATABASE_URL (default below). A server that cannot start fails.
+PG_ROLE     ?= farm
+PG_PASSWORD ?= farm
+PG_PORT     ?= 5432
+export TEST_DATABASE_URL ?= postgresql://$(PG_ROLE):$(PG_PASSWORD)@127.0.0.1:$(PG_PORT)/postgres
+postgres:
+	@command -v pg_ctlcluster >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+	@ver=$$(ls /usr/lib/postgresql | sort -n | tail -n 1); \
+	[ -n "$$ver" ] || { echo "postgres: no PostgreSQL server installed under /usr/lib/postgresql"; exit 1; }; \
+	pg_lsclusters -h | awk '{print $$1, $$2}' | grep -qx "$$ver main" || $(SUDO) pg_createcluster $$ver main >/dev/null; \
+	pg_lsclusters -h | awk '$$1 == "'$$ver'" && $$2 == "main" {print $$4}' | grep -qx online || \
+	  $(SUDO) pg_ctlcluster $$ver main start; \
+	for i in $$(seq 1 60); do pg_isready -q -h 127.0.0.1 -p $(PG_PORT) && break; sleep 0.5; done; \
+	pg_isready -h 127.0.0.1 -p $(PG_PORT) || { echo "postgres: cluster $$ver/main does not accept connections"; \
+	  exit 1; }; \
+	$(SUDO) runuser -u postgres -- psql -q -p $(PG_PORT) -v ON_ERROR_STOP=1 -c \
+	  "DO \$$\$$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$(PG_ROLE)') THEN \
+	   CREATE ROLE $(PG_ROLE) LOGIN CREATEDB PASSWORD '$(PG_PASSWORD)'; END IF; END \$$\$$;"
+
+# The PostgreSQL backend's schema (DATABASE_URL from the environment or .env); the service also
+# migrates at start-up. `make import-json FILE=users.json` copies a JSON store in (idempotent).
+migrate: $(VENV)/.installed
+	$(PY) -m pg_store migrate
+
+FILE ?= users.json
+import-json: $(VENV)/.installed
+	$(PY) -m pg_store import-json $(FILE)
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist .pytest_cache

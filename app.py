@@ -6,6 +6,7 @@ Run it with ``uvicorn app:app`` (add ``--reload`` while developing, ``--workers 
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from copy import copy
@@ -28,7 +29,7 @@ from ratelimit import Budget, RateLimiter
 from routers import anonymous, personal, shop, users
 from security_headers import SecurityHeaders, build_headers
 from settings import Settings
-from store import JsonStore, StoreError
+from store import Store, StoreError, StoreUnavailable, build_store
 
 log = logging.getLogger("uvicorn.error")
 MAX_BODY_BYTES = 64 * 1024
@@ -40,7 +41,7 @@ BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a 
 TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login")  # answers that carry a token
 
 
-async def _maintain(store: JsonStore, settings: Settings) -> None:
+async def _maintain(store: Store, settings: Settings) -> None:
     """Forget idle visitors and expired sessions, so the store does not grow without bound."""
     purged = await store.purge_anonymous(settings.anonymous_token_expire_days * 86400)
     await store.prune()
@@ -53,11 +54,13 @@ async def _periodically(seconds: float, job: Callable[[], Awaitable[None]], what
         await asyncio.sleep(seconds)
         try:
             await job()
+        except StoreUnavailable as exc:  # the database is down: no traceback each round
+            log.warning("%s failed: %s", what, exc)
         except Exception:  # keep serving; the next round tries again
             log.exception("%s failed", what)
 
 
-def _limiter(store: JsonStore, settings: Settings) -> RateLimiter:
+def _limiter(store: Store, settings: Settings) -> RateLimiter:
     return RateLimiter(store, {"login": Budget(settings.login_rate_limit, 60),
                                "register": Budget(settings.register_rate_limit, 3600)})
 
@@ -65,9 +68,9 @@ def _limiter(store: JsonStore, settings: Settings) -> RateLimiter:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    store = JsonStore(settings.users_file)
+    store = build_store(settings)
     try:
-        await asyncio.to_thread(store.open)
+        await store.open()
     except StoreError as exc:
         log.error("Cannot start: %s", exc)
         raise
@@ -92,13 +95,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
-        await limiter.share()
         try:
+            await limiter.share()
             await store.flush_views()  # a clean stop keeps every view
         except Exception:
-            log.exception("writing the browsing history at shutdown failed")
-        await store.drain()
-        await asyncio.to_thread(store.close)  # folds the journal: file I/O, off the event loop
+            log.exception("writing the request counts and browsing history at shutdown failed")
+        await store.close()  # JSON: waits for queued writes and folds the journal
         auth.close()
 
 
@@ -196,6 +198,21 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+STORE_UNAVAILABLE_RETRY_AFTER = 1  # seconds; a database restart usually takes a few
+_last_unavailable_log = -1.0
+
+
+async def store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The database is down or unreachable: a 503 the client may retry, never a 500. The log
+    line names the kind of failure only (no connection string)."""
+    global _last_unavailable_log
+    if time.monotonic() - _last_unavailable_log >= 1:  # an outage under load: a line a second, not one a request
+        _last_unavailable_log = time.monotonic()
+        log.warning("store unavailable: %s", exc)
+    return JSONResponse({"detail": "Database unavailable; try again shortly"}, status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
+
+
 def config_errors(exc: ValidationError) -> str:
     """A settings error without the values that were refused: a rejected JWT_SECRET is still a secret."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg']}"
@@ -228,6 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        token_paths=TOKEN_PATHS)  # answer gets them, a 431 too
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, str]:

@@ -1,7 +1,8 @@
 """FastAPI dependencies: who is calling, and the service's shared objects.
 
 A protected route costs one token check (usually a cache hit) and a few dictionary lookups: the
-store answers from memory after an 8-byte freshness check.
+store answers from memory (JSON: after an 8-byte freshness check; PostgreSQL: from a cache that
+LISTEN/NOTIFY keeps true).
 """
 
 import ipaddress
@@ -83,9 +84,7 @@ def disconnect_watch(request: Request) -> Watch:
 
 
 async def get_store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    store.refresh()
-    return store
+    return request.app.state.store
 
 
 async def get_auth(request: Request) -> AuthHandler:
@@ -154,7 +153,6 @@ async def _identify(scope: Scope) -> Identity:
     except TokenError as exc:
         raise unauthorized(str(exc)) from None
     store: Store = state.store
-    store.refresh()
     subject = claims["sub"]
     if claims["typ"] == "anonymous":
         if not await store.anonymous_exists(subject):
@@ -179,7 +177,6 @@ class AnonymousVisitor(_Bearer):
         except TokenError:
             return None
         store: Store = request.app.state.store
-        store.refresh()
         return claims["sub"] if await store.anonymous_exists(claims["sub"]) else None
 
 
@@ -246,8 +243,12 @@ OptionalAnonymous = Annotated[str | None, Security(AnonymousVisitor())]
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     431: {"model": Message, "description": "Request headers over 16 KiB in all"},
 }
+# With DATABASE_URL, a route that needs the store answers 503 while the database is down (app.py).
+UNAVAILABLE: dict[str, Any] = {"model": Message, "description": "The database is unavailable (PostgreSQL "
+                               "backend only); see Retry-After"}
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "Missing, invalid, expired or revoked token"},
+    503: UNAVAILABLE,  # the token's session is checked in the store
 }
 REGISTERED_ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS, 403: {"model": Message, "description": "An anonymous token: a registered account is required"},

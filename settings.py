@@ -3,6 +3,7 @@
 The JWT secret is the one value that must never live in code: when `JWT_SECRET`
 is unset, a strong random secret is generated once and kept beside the store
 (mode 0600), so tokens survive restarts and every worker signs with the same key.
+With `DATABASE_URL` (several hosts) `JWT_SECRET` must be set: one key for all hosts.
 """
 
 import os
@@ -12,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
@@ -40,12 +41,23 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://127.0.0.1:5173"]
     hsts_seconds: int | None = Field(None, ge=0, description="Strict-Transport-Security max-age; unset: no header")
     frontend_dir: Path = Path(__file__).parent / "frontend" / "dist"
+    database_url: SecretStr | None = Field(None, description="postgresql://user:password@host/db; unset: USERS_FILE")
+    database_pool_size: int = Field(10, ge=1, le=1000, description="PostgreSQL connections per worker process")
+    database_startup_timeout_seconds: float = Field(30, ge=0, description="retry an unreachable database this "
+                                                    "long at start-up, then exit (code 3)")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("DATABASE_URL must start with postgresql:// (e.g. postgresql://user:password@host/db)")
         return value
 
     @field_validator("jwt_secret")
@@ -55,6 +67,13 @@ class Settings(BaseSettings):
             raise ValueError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes; generate one with "
                              "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`")
         return value
+
+    @model_validator(mode="after")
+    def _one_key_for_all_hosts(self) -> "Settings":
+        if self.database_url is not None and self.jwt_secret is None:
+            raise ValueError("JWT_SECRET must be set when DATABASE_URL is: every host must sign tokens with the "
+                             "same key, and a generated one is kept on one host's disk")
+        return self
 
     @cached_property
     def secret(self) -> str:

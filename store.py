@@ -1,11 +1,13 @@
 """What the service keeps: users, anonymous visitors, carts, login sessions, throttling counters,
 and what personalises the shop (browsing history, favourites, preferences).
 
-Routes talk to the async ``Store`` protocol only, so another backend (a database) can replace
-``JsonStore`` without touching them. ``JsonStore`` serves reads from memory (by id and by
-normalised username) and makes every change durable through ``journal.JournaledTables`` before it
-returns; each method that changes something is one transaction, checked under the cross-worker
-lock, so e.g. one username has one winner across all workers.
+Routes talk to the async ``Store`` protocol only (accounts, sessions and throttling, visitors and
+their data; ``open``/``close`` around the service's life), and ``build_store`` picks the backend
+from the settings: ``JsonStore`` here, or ``pg_store.PostgresStore`` when ``DATABASE_URL`` is set.
+``JsonStore`` serves reads from memory (by id and by normalised username), after an 8-byte check
+for other workers' commits, and makes every change durable through ``journal.JournaledTables``
+before it returns; each method that changes something is one transaction, checked under the
+cross-worker lock, so e.g. one username has one winner across all workers.
 
 The one exception is a view of an item: it is worth less than a write, so ``record_view`` only
 notes it in this worker's memory and ``flush_views`` (called at most once a second by the app, and
@@ -17,13 +19,14 @@ noted for a visitor who has since registered or logged in follow it into the acc
 ``upgraded`` table remembers, for an hour, which account each visitor went into; nothing else).
 """
 
+import asyncio
 import hashlib
 import time
 import uuid
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sortedcontainers import SortedList
 
@@ -31,8 +34,11 @@ from authentication import ANONYMOUS_PREFIX
 from journal import Change, JournaledTables, StoreError
 from models import MAX_QUANTITY, normalize_username
 
-__all__ = ["JsonStore", "Lockout", "RateLimited", "Rotation", "Store", "StoreError", "UnknownOwner", "User",
-           "UsernameTaken"]
+if TYPE_CHECKING:
+    from settings import Settings
+
+__all__ = ["AccountStore", "JsonStore", "Lockout", "RateLimited", "Rotation", "SessionStore", "Store", "StoreError",
+           "StoreUnavailable", "UnknownOwner", "User", "UsernameTaken", "Visitor", "VisitorStore", "build_store"]
 
 TABLES = ("users", "anonymous", "carts", "sessions", "login_failures", "anonymous_logins", "request_counts",
           "history", "favourites", "preferences", "upgraded")
@@ -90,34 +96,65 @@ def client_key(client: str) -> str:
     return hashlib.sha256(client.encode()).hexdigest()[:32]
 
 
-class Store(Protocol):
-    def refresh(self) -> None: ...
+class StoreUnavailable(Exception):
+    """The backend cannot answer right now (a database restarting or unreachable): the request
+    gets a 503 with ``Retry-After`` (app.py); the caller may try again shortly."""
+
+
+@dataclass(frozen=True, slots=True)
+class Visitor:
+    """An anonymous visitor as the store keeps it (times are Unix seconds)."""
+
+    id: str
+    created_at: float
+    last_active_at: float
+
+
+class Lifecycle(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...  # after the last request: waits for queued writes
+
+
+class AccountStore(Protocol):
+    """Accounts: one per normalised username."""
+
     async def add_user(self, username: str, password_hash: str, merge_from: str | None = None) -> User: ...
     async def get_user(self, user_id: str) -> User | None: ...
     async def find_user(self, username: str) -> User | None: ...
     async def list_users(self, limit: int, after: str | None = None) -> list[User]: ...
     async def delete_user(self, user_id: str) -> bool: ...
-    async def add_anonymous(self, client: str, limit_per_hour: int, global_limit_per_hour: int = 0) -> str: ...
-    async def anonymous_exists(self, anonymous_id: str) -> bool: ...
-    async def touch_anonymous(self, anonymous_id: str) -> None: ...
-    async def purge_anonymous(self, idle_seconds: float) -> int: ...
-    async def get_cart(self, owner: str) -> dict[int, int]: ...
-    async def set_cart_item(self, owner: str, item_id: int, quantity: int) -> dict[int, int]: ...
-    async def remove_cart_item(self, owner: str, item_id: int) -> dict[int, int]: ...
+    async def set_password(self, user_id: str, password_hash: str) -> None: ...
+    async def change_password(self, user_id: str, password_hash: str, keep_session: str | None) -> bool: ...
+
+
+class SessionStore(Protocol):
+    """Login sessions (refresh-token families) and the throttling counters."""
+
     async def begin_login(self, username: str, client: str, rules: Lockout) -> float: ...
     async def complete_login(self, user: User, client: str, attempt: float, refresh_jti: str, expires_at: float,
                              merge_from: str | None = None) -> str: ...
-    async def set_password(self, user_id: str, password_hash: str) -> None: ...
+    async def reset_login_failures(self, username: str, client: str, attempt: float) -> None: ...
     async def session_user(self, session_id: str, user_id: str) -> User | None: ...
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
                              expires_at: float, grace: float = 0, max_age: float | None = None) -> Rotation | None: ...
     async def end_session(self, session_id: str) -> None: ...
     async def end_all_sessions(self, user_id: str) -> None: ...
-    async def change_password(self, user_id: str, password_hash: str, keep_session: str | None) -> bool: ...
-    async def reset_login_failures(self, username: str, client: str, attempt: float) -> None: ...
     async def count_requests(self, counts: dict[str, tuple[int, float]]) -> dict[str, int]: ...
     async def prune(self) -> None: ...
-    # personalisation: history (coalesced views), favourites, preferences, the data export
+
+
+class VisitorStore(Protocol):
+    """Anonymous visitors, and what any owner (visitor or account) keeps: cart, history (coalesced
+    views), favourites, preferences; and an account's data export."""
+
+    async def add_anonymous(self, client: str, limit_per_hour: int, global_limit_per_hour: int = 0) -> str: ...
+    async def anonymous_exists(self, anonymous_id: str) -> bool: ...
+    async def get_anonymous(self, anonymous_id: str) -> Visitor | None: ...
+    async def touch_anonymous(self, anonymous_id: str) -> None: ...
+    async def purge_anonymous(self, idle_seconds: float) -> int: ...
+    async def get_cart(self, owner: str) -> dict[int, int]: ...
+    async def set_cart_item(self, owner: str, item_id: int, quantity: int) -> dict[int, int]: ...
+    async def remove_cart_item(self, owner: str, item_id: int) -> dict[int, int]: ...
     async def record_view(self, owner: str, item_id: int) -> None: ...
     async def flush_views(self) -> int: ...
     async def get_history(self, owner: str) -> list[tuple[int, float]]: ...
@@ -128,6 +165,20 @@ class Store(Protocol):
     async def get_preferences(self, owner: str) -> dict[str, str]: ...
     async def set_preferences(self, owner: str, values: dict[str, str]) -> dict[str, str]: ...
     async def export_user(self, user_id: str) -> dict[str, Any] | None: ...
+
+
+class Store(Lifecycle, AccountStore, SessionStore, VisitorStore, Protocol):
+    """What routes and dependencies use; ``build_store`` picks the backend."""
+
+
+def build_store(settings: "Settings") -> Store:
+    """The backend the settings ask for: the JSON file, or PostgreSQL when ``DATABASE_URL`` is set."""
+    if settings.database_url is None:
+        return JsonStore(settings.users_file)
+    from pg_store import PostgresStore  # imported only when used: the JSON default needs no driver
+
+    return PostgresStore(settings.database_url.get_secret_value(), settings.database_pool_size,
+                         settings.database_startup_timeout_seconds)
 
 
 def _failure_keys(username: str, client: str) -> tuple[str, str]:
@@ -159,17 +210,13 @@ class JsonStore:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def open(self) -> None:
-        self._db.open()
+    async def open(self) -> None:
+        await asyncio.to_thread(self._db.open)  # reads the files: off the event loop
 
-    async def drain(self) -> None:
+    async def close(self) -> None:
+        """Wait for queued writes, then fold the journal into ``users.json`` (off the event loop)."""
         await self._db.drain()
-
-    def close(self) -> None:
-        self._db.close()
-
-    def refresh(self) -> None:
-        self._db.refresh()
+        await asyncio.to_thread(self._db.close)
 
     def _reset_index(self) -> None:
         self._by_name.clear()
@@ -217,15 +264,18 @@ class JsonStore:
         return await self._transact(tx)
 
     async def get_user(self, user_id: str) -> User | None:
+        self._db.refresh()  # other workers' commits: an 8-byte read when there are none
         return self._users.get(user_id)
 
     async def find_user(self, username: str) -> User | None:
+        self._db.refresh()
         user_id = self._by_name.get(normalize_username(username))
         return self._users.get(user_id) if user_id else None
 
     async def list_users(self, limit: int, after: str | None = None) -> list[User]:
         """Up to ``limit`` users ordered by normalised username, from just after ``after`` (a
         normalised username): O(log n + limit), from an index kept sorted as users change."""
+        self._db.refresh()
         if self._sorted_names is None:
             self._sorted_names = SortedList(self._by_name)
         names = self._sorted_names.irange(minimum=after, inclusive=(after is None, True))
@@ -267,9 +317,16 @@ class JsonStore:
         return await self._transact(tx)
 
     async def anonymous_exists(self, anonymous_id: str) -> bool:
+        self._db.refresh()
         return anonymous_id in self.t["anonymous"]
 
+    async def get_anonymous(self, anonymous_id: str) -> Visitor | None:
+        self._db.refresh()
+        entry = self.t["anonymous"].get(anonymous_id)
+        return Visitor(anonymous_id, entry["created_at"], entry["last_active_at"]) if entry else None
+
     async def touch_anonymous(self, anonymous_id: str) -> None:
+        self._db.refresh()
         entry = self.t["anonymous"].get(anonymous_id)
         if entry is None or time.time() - entry["last_active_at"] < ACTIVITY_GRANULARITY:
             return
@@ -297,6 +354,7 @@ class JsonStore:
     # -- carts ---------------------------------------------------------------------------------
 
     async def get_cart(self, owner: str) -> dict[int, int]:
+        self._db.refresh()
         return {int(k): v for k, v in self.t["carts"].get(owner, {}).items()}
 
     def _check_owner(self, owner: str) -> None:
@@ -340,6 +398,7 @@ class JsonStore:
 
     async def session_user(self, session_id: str, user_id: str) -> User | None:
         """The account behind a live login session; ``None`` once logged out or deleted."""
+        self._db.refresh()
         session = self.t["sessions"].get(session_id)
         return self._users.get(user_id) if session is not None and session["user_id"] == user_id else None
 
@@ -575,6 +634,7 @@ class JsonStore:
         return _merge_history(items, [(item, at) for item, at in pending if at > cleared])
 
     async def get_history(self, owner: str) -> list[tuple[int, float]]:
+        self._db.refresh()
         return [(int(item), float(at)) for item, at in self._history_items(owner)]
 
     async def clear_history(self, owner: str) -> None:
@@ -587,6 +647,7 @@ class JsonStore:
         await self._transact(tx)
 
     async def get_favourites(self, owner: str) -> list[int]:
+        self._db.refresh()
         return list(self.t["favourites"].get(owner, []))
 
     async def add_favourite(self, owner: str, item_id: int) -> list[int]:
@@ -616,6 +677,7 @@ class JsonStore:
 
     async def get_preferences(self, owner: str) -> dict[str, str]:
         """Only the preferences the owner has set; the routes fill in the defaults."""
+        self._db.refresh()
         return dict(self.t["preferences"].get(owner, {}))
 
     async def set_preferences(self, owner: str, values: dict[str, str]) -> dict[str, str]:
@@ -651,6 +713,7 @@ class JsonStore:
         """Everything kept about an account, read at one instant; ``None`` if there is none.
         Sessions are listed without their refresh-token id; one made before sessions recorded
         their start has ``created_at`` ``None``."""
+        self._db.refresh()
         user = self._users.get(user_id)
         if user is None:
             return None

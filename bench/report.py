@@ -219,7 +219,45 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
                             note=_invalid(personal[field], personal["health"])))
         else:
             rows.append(Row(key, num, name, _users(cmp_n), "≥ 0.6", "n/a: route missing"))
+    rows += postgres_rows(raw)
     return rows
+
+
+def postgres_rows(raw: dict[str, Any]) -> list[Row]:
+    """P1-P4: the PostgreSQL backend (and the peer moved onto the same server)."""
+    cfg = raw["config"]
+    pg = raw["ours"].get("postgres")
+    r_small, r_big = cfg["register_sizes"]
+    trials = cfg.get("revocation_trials", 200)
+    specs = [
+        ("pg_me_over_health", "P1", "PostgreSQL: GET /users/me ÷ GET /health, req/s, same server",
+         _users(cfg["compare_size"]), "≥ 0.7", (">=", 0.7)),
+        ("pg_ours_over_peer", "P2", "PostgreSQL: GET /users/me req/s, ours ÷ peer (SQLAlchemy + asyncpg)",
+         _users(cfg["compare_size"]), "≥ 3", (">=", 3.0)),
+        ("pg_revocation_p99_ms", "P3", "PostgreSQL: revocation delay, logout on one instance → 401 on another, p99 ms",
+         f"{trials} trials, 2 instances", "≤ 100", ("<=", 100.0)),
+        ("pg_register_scaling", "P4", "PostgreSQL: POST /users/register req/s (32 clients), large ÷ small store",
+         f"{r_big:,} ÷ {r_small:,} users", "≥ 0.5", (">=", 0.5)),
+    ]
+    if not isinstance(pg, dict):
+        why = pg if isinstance(pg, str) else "n/a: not measured"
+        return [Row(key, num, measure, at, target, why) for key, num, measure, at, target, _check in specs]
+    me, health = _rps(pg["me"]), _rps(pg["health"])
+    peer_me, peer_health = _rps(pg.get("peer_me")), _rps(pg.get("peer_health"))
+    has_peer = bool(pg.get("peer_me"))
+    reg = pg["register"]
+    values: list[tuple[Stat | str | None, Stat | str | None, str, int]] = [
+        (Stat.of(_ratios(me, health)),
+         Stat.of(_ratios(peer_me, peer_health)) if has_peer else "skipped (--no-peer)",
+         _invalid(pg["me"], pg["health"]), 2),
+        (Stat.of(_ratios(me, peer_me)) if has_peer else "skipped (--no-peer)", "1 (reference)" if has_peer else None,
+         _invalid(pg.get("peer_me")), 2),
+        (Stat.of([_p99(pg["revocation_ms"])]), None, "", 1),
+        (Stat.of(_ratios(_rps(reg[str(r_big)]), _rps(reg[str(r_small)]))), None,
+         _invalid(reg[str(r_big)], reg[str(r_small)]), 2),
+    ]
+    return [Row(key, num, measure, at, target, ours, peer, check, digits, note)
+            for (key, num, measure, at, target, check), (ours, peer, note, digits) in zip(specs, values, strict=True)]
 
 
 HEADER = ["#", "measure", "at", "target", "ours", "peer", "pass"]
@@ -285,6 +323,17 @@ def raw_rows(raw: dict[str, Any]) -> list[list[str]]:
         add("ours", "GET /health (beside rows 9 and 10)", personal["health"])
         add("ours", "GET /items/7 (a view)", personal["item"])
         add("ours", "GET /items/, a full history", personal["items"])
+    pg = ours.get("postgres")
+    if isinstance(pg, dict):
+        add("ours, PostgreSQL", f"GET /health, {pg['size']:,} users", pg["health"])
+        add("ours, PostgreSQL", f"GET /users/me, {pg['size']:,} users", pg["me"])
+        add("peer, PostgreSQL", f"GET /health, {pg['size']:,} users", pg.get("peer_health"))
+        add("peer, PostgreSQL", f"GET /users/me, {pg['size']:,} users", pg.get("peer_me"))
+        for n, results in pg["register"].items():
+            add("ours, PostgreSQL", f"POST /users/register, 32 clients, {int(n):,} users", results)
+        delays = pg["revocation_ms"]
+        out.append(["ours, PostgreSQL x2", f"revocation delay, {len(delays)} trials (median ms, p99 ms)",
+                    "—", f"{statistics.median(delays):.1f}", f"{_p99(delays):.1f}", "—"])
     return out
 
 
@@ -315,6 +364,12 @@ Notes
   view each time (views are written once a second), interleaved with /health and GET /items/ on one server.
 - Peer: fastapi-users with SQLite/aiosqlite (bench/peer/app.py), same FastAPI/pydantic versions as ours, its
   default password hasher (argon2 via pwdlib); its users are bulk-inserted with one hash.
+- Rows P1-P4: PostgreSQL on this machine (the cluster `make postgres` starts, not pinned), one database per
+  server copied from a base database that `python -m pg_store import-json` filled from the same book-format
+  store. P2's peer is the same fastapi-users app with `postgresql+asyncpg` (SQLAlchemy's pool defaults),
+  seeded like its SQLite twin. P3: two instances of ours on one database; each trial logs in on A, reads
+  /users/me twice on B (so B holds the session), logs out on A, then polls B on one keep-alive connection:
+  the delay runs from A's 204 to B's first 401. P4 alternates two fresh databases like row 7.
 """
 
 

@@ -46,6 +46,8 @@ from servers import (
     PEER_PYTHON,
     ROOT,
     SERVER_CPU,
+    PgAdmin,
+    PgUnavailable,
     Server,
     ensure_peer_venv,
     ensure_wrk,
@@ -53,6 +55,7 @@ from servers import (
     seed_peer,
     start_ours,
     start_peer,
+    start_peer_on,
     stop_all,
 )
 
@@ -83,12 +86,13 @@ class Config:
     login_samples: int = 10
     startup_spawns: int = 3
     hash_samples: int = 5
+    revocation_trials: int = 200
 
 
 FULL = Config(False, (10, 1_000, 10_000, 100_000), 1_000, (1_000, 100_000), 1_000,
               duration=8, warmup=2, reps=3)
 QUICK = Config(True, (10, 1_000), 1_000, (100, 1_000), 100, duration=1, warmup=1, reps=1,
-               storm_margin=0.5, login_samples=3, startup_spawns=1, hash_samples=1)
+               storm_margin=0.5, login_samples=3, startup_spawns=1, hash_samples=1, revocation_trials=20)
 
 
 # --- small helpers -----------------------------------------------------------------
@@ -103,11 +107,18 @@ def _json_post(port: int, path: str, payload: dict[str, Any]) -> tuple[int, Any]
         return status, body
 
 
-def login_ours(port: int, username: str) -> str:
-    status, body = _json_post(port, "/users/login", {"username": username, "password": PASSWORD})
-    if status != 200:
-        raise RuntimeError(f"ours: login as {username} gave {status}: {body}")
-    return str(body["token"])
+def login_ours(port: int, username: str, patience: float = 60.0) -> str:
+    """A token for ``username``. A 503 (the hashing queue shedding load on a busy machine) is retried
+    after its ``Retry-After``, as a client would: a timed login then includes the wait."""
+    deadline = time.monotonic() + patience
+    while True:
+        status, body = _json_post(port, "/users/login", {"username": username, "password": PASSWORD})
+        if status == 503 and time.monotonic() < deadline:
+            time.sleep(1.0)  # the service's Retry-After is whole seconds; 1 s is its smallest
+            continue
+        if status != 200:
+            raise RuntimeError(f"ours: login as {username} gave {status}: {body}")
+        return str(body["token"])
 
 
 def _peer_login_raw(port: int, email: str) -> tuple[int, bytes]:
@@ -507,6 +518,124 @@ class Bench:
         return out
 
 
+    # -- PostgreSQL: rows P1-P4 ------------------------------------------------------------------
+
+    def ours_pg(self, database_url: str, name: str) -> Server:
+        """Ours with DATABASE_URL (one worker, like every other server here); no store file is used."""
+        workdir = self.workdir / "servers" / f"{name}-{self._logs + 1:03d}"
+        workdir.mkdir(parents=True)
+        return start_ours(self.ours_dir, workdir / "users.json", self.secret, 4, self.log_path(name),
+                          extra_env={"DATABASE_URL": database_url, "DATABASE_POOL_SIZE": "10"})
+
+    def postgres(self) -> dict[str, Any] | str:
+        """/users/me and /health on ours with the PostgreSQL backend, and the peer moved onto the same
+        server (SQLAlchemy + asyncpg), interleaved; the revocation delay between two instances on one
+        database; register throughput at two store sizes. A missing PostgreSQL makes the rows n/a."""
+        cfg = self.cfg
+        try:
+            pg = PgAdmin(OURS_PYTHON, self.ours_dir)
+        except PgUnavailable as exc:
+            say(f"PostgreSQL rows: n/a ({exc})")
+            return f"n/a: {exc}"
+        out: dict[str, Any] = {}
+        try:
+            sizes = sorted({cfg.compare_size, *cfg.register_sizes})
+            base = {}
+            for n in sizes:
+                t = time.monotonic()
+                base[n] = pg.base(self.stores.fresh(n))
+                say(f"PostgreSQL: {n:,} users imported in {time.monotonic() - t:.1f} s")
+            n = cfg.compare_size
+            try:
+                srv = self.ours_pg(pg.url(pg.create(base[n])), "ours-pg")
+                auth = {"Authorization": f"Bearer {login_ours(srv.port, username_of(1))}"}
+                targets: dict[str, Target] = {"health": (srv.port, RequestSpec("/health")),
+                                              "me": (srv.port, RequestSpec("/users/me", headers=auth))}
+                if self.with_peer:
+                    peer_db = pg.create()
+                    seed_peer(pg.url(peer_db, "postgresql+asyncpg"), n, PASSWORD)
+                    peer = start_peer_on(pg.url(peer_db, "postgresql+asyncpg"), self.secret, self.log_path("peer-pg"))
+                    token = login_peer(peer.port, f"{username_of(1)}@example.com")
+                    targets["peer health"] = (peer.port, RequestSpec("/health"))
+                    targets["peer me"] = (peer.port, RequestSpec("/users/me", headers={
+                        "Authorization": f"Bearer {token}"}))
+                say(f"PostgreSQL, {n:,} users: interleaving {len(targets)} targets")
+                res = interleaved(self.loader, targets, cfg)
+                out.update(size=n, health=res["health"], me=res["me"], peer_health=res.get("peer health"),
+                           peer_me=res.get("peer me"))
+                say(f"  ours on PostgreSQL: /health {_brief(res['health'])}; /users/me {_brief(res['me'])}")
+                if self.with_peer:
+                    say(f"  peer on PostgreSQL: /health {_brief(res['peer health'])}; "
+                        f"/users/me {_brief(res['peer me'])}")
+            finally:
+                stop_all()
+            out["revocation_ms"] = self.revocation(pg, base[n])
+            out["register"] = self.register_pg(pg, base)
+        finally:
+            stop_all()
+            pg.drop_all()
+        return out
+
+    def revocation(self, pg: PgAdmin, template: str) -> list[float]:
+        """Two instances on one database: log in on A, read /users/me on B (B caches the session),
+        log out on A; the time from A's 204 to B's first 401, polling B on one connection."""
+        url = pg.url(pg.create(template))
+        delays: list[float] = []
+        with self.ours_pg(url, "ours-pg-a") as a, self.ours_pg(url, "ours-pg-b") as b:
+            poll = http.client.HTTPConnection("127.0.0.1", b.port, timeout=30)
+            try:
+                for i in range(self.cfg.revocation_trials):
+                    token = login_ours(a.port, username_of(1 + i % 10))
+                    auth = {"Authorization": f"Bearer {token}"}
+                    for _ in range(2):
+                        poll.request("GET", "/users/me", headers=auth)
+                        status = poll.getresponse()
+                        status.read()
+                        if status.status != 200:
+                            raise RuntimeError(f"revocation: B answered {status.status} before the logout")
+                    status_a, body = http_request(a.port, "POST", "/users/logout", headers=auth)
+                    if status_a != 204:
+                        raise RuntimeError(f"revocation: logout on A gave {status_a}: {body!r}")
+                    t0 = time.perf_counter()
+                    while True:
+                        poll.request("GET", "/users/me", headers=auth)
+                        answer = poll.getresponse()
+                        answer.read()
+                        elapsed = (time.perf_counter() - t0) * 1000
+                        if answer.status == 401 or elapsed > 35_000:
+                            break
+                    delays.append(elapsed)
+            finally:
+                poll.close()
+        say(f"  revocation delay over {len(delays)} trials: median {statistics.median(delays):.1f} ms, "
+            f"p99 {_p99(delays):.1f} ms, max {max(delays):.1f} ms")
+        return delays
+
+    def register_pg(self, pg: PgAdmin, base: dict[int, str]) -> dict[str, list[dict[str, Any]]]:
+        """As register(), on fresh copies of the PostgreSQL base databases."""
+        cfg = self.cfg
+        out: dict[str, list[dict[str, Any]]] = {str(n): [] for n in cfg.register_sizes}
+        for rep in range(cfg.reps):
+            try:
+                targets: dict[str, Target] = {}
+                for k, n in enumerate(cfg.register_sizes):
+                    srv = self.ours_pg(pg.url(pg.create(base[n])), f"ours-pg-register-{n}")
+                    self.loader.run(srv.port, RequestSpec("/health"), cfg.connections, cfg.warmup)
+                    targets[str(n)] = (srv.port, RequestSpec(
+                        "/users/register", method="POST", headers={"Content-Type": "application/json"},
+                        body=json.dumps({"username": "{n}", "password": PASSWORD}),
+                        unique=True, prefix=f"p{rep}{'ab'[k]}",
+                    ))
+                res = interleaved(self.loader, targets, replace(cfg, reps=1), cfg.register_connections, warm=False)
+            finally:
+                stop_all()
+            for n, results in res.items():
+                out[n] += results
+        for n, results in out.items():
+            say(f"register on PostgreSQL, {int(n):,} users: {_brief(results)}")
+        return out
+
+
 # --- metadata, chart, main ------------------------------------------------------------------
 
 
@@ -570,7 +699,7 @@ def machine_meta(loader: Loader, with_peer: bool) -> dict[str, Any]:
                                        "httptools"])
     if with_peer:
         peer = _versions(PEER_PYTHON, ["fastapi-users", "fastapi-users-db-sqlalchemy", "fastapi", "sqlalchemy",
-                                       "aiosqlite", "pwdlib", "argon2-cffi"])
+                                       "aiosqlite", "asyncpg", "pwdlib", "argon2-cffi"])
         peer.pop("python", None)  # the same interpreter as ours
         versions.update({f"peer {k}": v for k, v in peer.items()})
     if loader.wrk:
@@ -669,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         raw["ours"]["storm"] = bench.storm()
         raw["ours"]["abuse"] = bench.abuse()
         raw["ours"]["register"] = bench.register()
+        raw["ours"]["postgres"] = bench.postgres()
         ok = True
     finally:
         stop_all()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -193,9 +194,17 @@ def start_peer(db_path: Path, secret: str, log_path: Path) -> Server:
     return spawn("peer", uvicorn_argv(PEER_PYTHON, free_port()), PEER_DIR, env, log_path)
 
 
-def seed_peer(db_path: Path, n_users: int, password: str) -> None:
+def start_peer_on(database_url: str, secret: str, log_path: Path) -> Server:
+    """The fastapi-users peer on any SQLAlchemy URL (``postgresql+asyncpg://...`` for PostgreSQL)."""
     env = _base_env()
-    env["PEER_DATABASE_URL"] = f"sqlite+aiosqlite:///{db_path}"
+    env.update({"PEER_DATABASE_URL": database_url, "PEER_JWT_SECRET": secret, "PEER_TOKEN_LIFETIME": "7200"})
+    return spawn("peer", uvicorn_argv(PEER_PYTHON, free_port()), PEER_DIR, env, log_path)
+
+
+def seed_peer(db_path: Path | str, n_users: int, password: str) -> None:
+    """Seed the peer's SQLite file ``db_path``, or the database at SQLAlchemy URL ``db_path``."""
+    env = _base_env()
+    env["PEER_DATABASE_URL"] = db_path if isinstance(db_path, str) else f"sqlite+aiosqlite:///{db_path}"
     subprocess.run(
         [str(PEER_PYTHON), "seed.py", "--users", str(n_users), "--password", password],
         cwd=PEER_DIR, env=env, check=True,
@@ -246,3 +255,76 @@ def ensure_wrk(say: Callable[[str], None] = print) -> str | None:
         subprocess.run(["apt-get", "update", "-q"], check=False, **quiet)
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, **quiet)
     return shutil.which("wrk")
+
+
+# --- PostgreSQL (the rows P1-P4) ---------------------------------------------------------------
+
+
+class PgUnavailable(RuntimeError):
+    pass
+
+
+class PgAdmin:
+    """Databases for the PostgreSQL rows on the local test server (``make postgres`` starts it;
+    ``BENCH_DATABASE_URL``, else ``TEST_DATABASE_URL``, names a role that may create databases).
+
+    A base database per store size is filled once from a book-format store with the service's own
+    ``python -m pg_store import-json``; every server gets a fresh copy (``CREATE DATABASE ...
+    TEMPLATE``), as every JSON server gets a fresh copy of its file. Statements go through ``psql``,
+    so the harness needs no driver. Every database made here is dropped by ``drop_all()``.
+    """
+
+    def __init__(self, python: Path, ours_dir: Path) -> None:
+        self.admin_url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get(
+            "TEST_DATABASE_URL", "postgresql://farm:farm@127.0.0.1:5432/postgres")
+        self.python = python
+        self.ours_dir = ours_dir
+        self.prefix = f"farmbench_{os.getpid()}_"
+        self.made: list[str] = []
+        if shutil.which("psql") is None:
+            raise PgUnavailable("psql not found (`make postgres` installs PostgreSQL)")
+        if not (ours_dir / "pg_store.py").exists() and not (ours_dir / "pg_store").is_dir():
+            raise PgUnavailable("the service has no PostgreSQL backend (pg_store)")
+        self.psql("SELECT 1")
+
+    def url(self, name: str, driver: str = "postgresql") -> str:
+        parts = urlsplit(self.admin_url)
+        return urlunsplit(parts._replace(scheme=driver, path="/" + name))
+
+    def psql(self, sql: str) -> str:
+        parts = urlsplit(self.admin_url)
+        env = {**os.environ, "PGPASSWORD": parts.password or "", "PGCONNECT_TIMEOUT": "5"}
+        dsn = urlunsplit(parts._replace(netloc=parts.netloc.split("@")[-1] if "@" in parts.netloc else parts.netloc))
+        cmd = ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-U", parts.username or "",
+               "-c", sql]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+        if res.returncode != 0:
+            raise PgUnavailable(f"psql: {res.stderr.strip()} (is PostgreSQL up? `make postgres`)")
+        return res.stdout.strip()
+
+    def create(self, template: str | None = None) -> str:
+        name = f"{self.prefix}{len(self.made) + 1}"
+        self.psql(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+        self.made.append(name)
+        return name
+
+    def base(self, store: Path) -> str:
+        """A new database holding ``store`` (imported with the service's CLI); its name."""
+        name = self.create()
+        res = subprocess.run([str(self.python), "-m", "pg_store", "import-json", str(store)], cwd=self.ours_dir,
+                             env={**_base_env(), "DATABASE_URL": self.url(name)}, capture_output=True, text=True,
+                             check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"import-json into {name} failed:\n{res.stdout}\n{res.stderr}")
+        return name
+
+    def drop_all(self) -> None:
+        """Drop every database made here; FORCE cannot end an autovacuum worker, so retry a moment."""
+        for name in reversed(self.made):
+            for _ in range(20):
+                try:
+                    self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                    break
+                except PgUnavailable:
+                    time.sleep(0.25)
+        self.made.clear()

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from deps import COMMON_ERRORS, AuthDep, ClientAddress, SettingsDep, StoreDep, too_many_requests
+from deps import COMMON_ERRORS, UNAVAILABLE, AuthDep, ClientAddress, SettingsDep, StoreDep, too_many_requests
 from models import AnonymousTokenOut, Message
 from store import RateLimited
 
@@ -12,6 +12,7 @@ router = APIRouter(tags=["anonymous"], responses=COMMON_ERRORS)
 @router.post("/anonymous-login", response_model=AnonymousTokenOut, responses={
     429: {"model": Message, "description": "Too many anonymous sign-ins from this address, or from everyone "
                                            "this hour; see Retry-After"},
+    503: UNAVAILABLE,
 })
 async def anonymous_login(client: ClientAddress, store: StoreDep, auth: AuthDep, settings: SettingsDep) -> dict[str, object]:
     """A token for a visitor: ``sub`` is ``anonymous_<uuid>``; cart and activity are kept server

@@ -17,6 +17,7 @@ from deps import (
     AUTH_ERRORS,
     COMMON_ERRORS,
     REGISTERED_ERRORS,
+    UNAVAILABLE,
     AuthDep,
     ClientAddress,
     CurrentUser,
@@ -48,7 +49,8 @@ from store import User
 router = APIRouter(prefix="/users", tags=["users"], route_class=IdentityRoute, responses=COMMON_ERRORS)
 
 TOO_MANY = {"model": Message, "description": "Over this client address's budget; see Retry-After"}
-BUSY = {"model": Message, "description": "Too many password checks queued; see Retry-After"}
+BUSY = {"model": Message, "description": "Too many password checks queued, or the database is unavailable "
+        "(PostgreSQL backend); see Retry-After"}
 REAUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     **REGISTERED_ERRORS,
     401: {"model": Message, "description": f"Missing, invalid, expired or revoked token; or `{INVALID_LOGIN}`: "
@@ -113,7 +115,7 @@ async def login(body: LoginRequest, request: Request, client: ClientAddress, sto
     return _tokens(auth, done.user, done.session_id, done.refresh_jti)
 
 
-@router.post("/refresh", response_model=TokenOut, responses={401: {"model": Message}})
+@router.post("/refresh", response_model=TokenOut, responses={401: {"model": Message}, 503: UNAVAILABLE})
 async def refresh(body: RefreshRequest, store: StoreDep, auth: AuthDep, settings: SettingsDep) -> dict[str, Any]:
     """Rotate: a new access and refresh token; the old refresh token is spent. Presenting a spent
     one again ends the whole session (it was copied), logging out thief and owner alike, unless

@@ -1,10 +1,20 @@
-"""Shared fixtures: the real app over HTTP (httpx against ASGI, lifespan included)."""
+"""Shared fixtures: the real app over HTTP (httpx against ASGI, lifespan included), on both backends.
 
+Every test that builds the app's settings (the ``settings``/``client`` fixtures, or ``make_settings``
+/ ``running`` in its body) runs twice: ``[json]`` on the JSON file in its tmp dir, ``[postgres]`` on
+a throw-away PostgreSQL database (tests/pg_support.py): one per store directory a test names, so
+``make_settings(tmp_path)`` twice in one test reopens the same store, as a restart does. Tests of
+the JSON file itself (its journal, its format, a corrupt file) carry ``@pytest.mark.json_only``.
+"""
+
+import inspect
+import json
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import httpx
+import pg_support
 import pytest
 from fastapi import APIRouter
 
@@ -12,6 +22,101 @@ from app import create_app, include_flat
 from settings import Settings
 
 SECRET = secrets.token_urlsafe(48)
+BACKENDS = ("json", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "json_only: a test of the JSON file store itself, not run on PostgreSQL")
+
+
+def _builds_the_app(metafunc: pytest.Metafunc) -> bool:
+    if "settings" in metafunc.fixturenames:
+        return True
+    try:
+        source = inspect.getsource(metafunc.function)
+    except (OSError, TypeError):
+        return False
+    return "make_settings(" in source or "running(" in source
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backend`` over both stores for every test that builds the app, unless it is json_only."""
+    if ("backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("json_only") is None
+            and "databases" not in metafunc.fixturenames  # a test that picks its databases itself
+            and _builds_the_app(metafunc)):
+        metafunc.parametrize("backend", BACKENDS)
+
+
+@pytest.fixture
+def backend() -> str:
+    """The store this test runs on (``json`` unless pytest_generate_tests parametrised it)."""
+    return "json"
+
+
+class Databases:
+    """The PostgreSQL databases of one test: one per store directory, a copy of the template made on
+    first use (taken from the spares made ahead), all dropped after the test."""
+
+    def __init__(self, spares: pg_support.Spares) -> None:
+        self.spares = spares
+        self.urls: dict[str, str] = {}
+
+    def url_for(self, directory: Path) -> str:
+        key = str(Path(directory).resolve())
+        if key not in self.urls:
+            self.urls[key] = self.spares.take()
+        return self.urls[key]
+
+    def unmigrated(self) -> str:
+        """An empty database without the schema (the app migrates it at start-up)."""
+        url = pg_support.create_database()
+        self.urls[url] = url
+        return url
+
+    def drop_all(self) -> None:
+        for url in self.urls.values():
+            self.spares.give_back(url)
+
+
+_databases: Databases | None = None  # the running test's, when it runs on PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_spares() -> Iterator[pg_support.Spares]:
+    """This session's migrated template database, and copies of it made ahead. Unreachable
+    PostgreSQL fails the test (no skip)."""
+    try:
+        name = pg_support.create_template()
+    except pg_support.DatabaseError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    spares = pg_support.Spares(name)
+    yield spares
+    spares.close()
+    pg_support.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def databases(pg_spares: pg_support.Spares) -> Iterator[Databases]:
+    """Throw-away databases for a test that asks for them itself (e.g. real-process tests)."""
+    dbs = Databases(pg_spares)
+    try:
+        yield dbs
+    finally:
+        dbs.drop_all()
+
+
+@pytest.fixture(autouse=True)
+def _store_backend(backend: str, request: pytest.FixtureRequest) -> Iterator[None]:
+    """On ``[postgres]``, make_settings points each store directory at its own database."""
+    global _databases
+    if backend != "postgres":
+        yield
+        return
+    _databases = request.getfixturevalue("databases")
+    try:
+        yield
+    finally:
+        _databases = None
 
 
 @pytest.fixture
@@ -29,7 +134,20 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "frontend_dir": tmp_path / "no-frontend",
         **overrides,
     }
+    if "database_url" not in overrides:  # [postgres]: this directory's database; [json]: none, whatever the env says
+        values["database_url"] = _databases.url_for(tmp_path) if _databases is not None else None
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def seed_store(settings: Settings, document: dict) -> None:
+    """Start ``settings``' store from ``document`` (a users.json as an earlier version or the book left
+    it): the file itself on JSON; on PostgreSQL that file imported by ``python -m pg_store import-json``,
+    as an operator moving in would do it."""
+    settings.users_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.users_file.write_text(json.dumps(document))
+    if settings.database_url is not None:
+        pg_support.import_json(settings.users_file, settings.database_url.get_secret_value())
+        settings.users_file.unlink()
 
 
 @pytest.fixture

@@ -74,10 +74,13 @@ class Server:
     worker). Used as a context manager it is always stopped, or killed if it will not stop."""
 
     def __init__(self, users_file: Path, *, workers: int = 1, env: Mapping[str, str] | None = None,
-                 **overrides: str | None) -> None:
-        """``env`` replaces the default environment (``server_env(users_file, **overrides)``)."""
+                 cwd: Path | None = None, **overrides: str | None) -> None:
+        """``env`` replaces the default environment (``server_env(users_file, **overrides)``).
+        ``cwd``: the process's working directory (default: the repo root), e.g. one per app host in
+        the multi-host tests, so that no two hosts share a file; the app is imported from the repo."""
         self.users_file = Path(users_file)
         self.workers = workers
+        self.cwd = Path(cwd) if cwd is not None else ROOT
         self.env = dict(env) if env is not None else server_env(self.users_file, **overrides)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -93,8 +96,10 @@ class Server:
                    "--log-config", str(_log_config(self._logs / "logging.json"))]
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
+        if self.cwd != ROOT:
+            command += ["--app-dir", str(ROOT)]
         with open(self._logs / "stdout", "wb") as out, open(self._logs / "stderr", "wb") as err:
-            self._process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+            self._process = subprocess.Popen(command, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
                                              stdout=out, stderr=err, start_new_session=True)
         return self
 

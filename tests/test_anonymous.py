@@ -1,14 +1,13 @@
 """Anonymous visitors: their token, their cart, and the upgrade into an account."""
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
 import jwt
 import pytest
 
-from conftest import Client, bearer, make_settings, running
+from conftest import Client, bearer, make_settings, running, seed_store
 
 pytestmark = pytest.mark.anyio
 
@@ -21,8 +20,8 @@ async def test_anonymous_token_claims(client: Client) -> None:
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["sub"].startswith("anonymous_") and len(claims["sub"]) == len("anonymous_") + 36
     assert claims["exp"] - claims["iat"] == 30 * 86400
-    entry = client.app.state.store.t["anonymous"][claims["sub"]]  # type: ignore[attr-defined]
-    assert entry["created_at"] == entry["last_active_at"] > time.time() - 60
+    visitor = await client.app.state.store.get_anonymous(claims["sub"])  # type: ignore[attr-defined]
+    assert visitor.created_at == visitor.last_active_at > time.time() - 60
 
 
 async def test_public_data_needs_nothing(client: Client) -> None:
@@ -106,34 +105,34 @@ async def test_failed_login_keeps_the_visitor(client: Client) -> None:
     assert (await client.get("/cart", headers=bearer(anonymous))).json()["items"] == [{"item_id": 2, "quantity": 1}]
 
 
-async def test_activity_is_recorded_at_most_once_a_minute(client: Client, settings) -> None:
+async def test_activity_is_recorded_at_most_once_a_minute(client: Client, monkeypatch) -> None:
     token = await client.anonymous()
     store = client.app.state.store  # type: ignore[attr-defined]
     subject = jwt.decode(token, options={"verify_signature": False})["sub"]
-    journal = Path(str(settings.users_file) + ".journal")
-    size = journal.stat().st_size
+    created = (await store.get_anonymous(subject)).last_active_at
     for _ in range(5):
         await client.get("/cart", headers=bearer(token))
-    assert journal.stat().st_size == size  # no write for recent activity
-    store.t["anonymous"][subject]["last_active_at"] -= 120  # pretend two minutes passed
+    assert (await store.get_anonymous(subject)).last_active_at == created  # no write for recent activity
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 120)  # two minutes later
     await client.get("/cart", headers=bearer(token))
-    assert journal.stat().st_size > size
-    assert store.t["anonymous"][subject]["last_active_at"] > time.time() - 5
+    assert (await store.get_anonymous(subject)).last_active_at >= created + 120
 
 
 async def test_idle_visitors_are_purged_at_start(tmp_path: Path) -> None:
     now = time.time()
     old, fresh = "anonymous_" + "0" * 36, "anonymous_" + "1" * 36
-    (tmp_path / "users.json").write_text(json.dumps({
+    settings = make_settings(tmp_path)
+    seed_store(settings, {
         "users": [],
         "anonymous": {old: {"created_at": now - 40 * 86400, "last_active_at": now - 31 * 86400},
                       fresh: {"created_at": now - 40 * 86400, "last_active_at": now - 29 * 86400}},
         "carts": {old: {"1": 1}, fresh: {"2": 1}},
-    }))
-    async for client in running(make_settings(tmp_path)):
-        tables = client.app.state.store.t  # type: ignore[attr-defined]
-        assert old not in tables["anonymous"] and old not in tables["carts"]
-        assert fresh in tables["anonymous"] and fresh in tables["carts"]
+    })
+    async for client in running(settings):
+        store = client.app.state.store  # type: ignore[attr-defined]
+        assert not await store.anonymous_exists(old) and await store.get_cart(old) == {}
+        assert await store.anonymous_exists(fresh) and await store.get_cart(fresh) == {2: 1}
 
 
 async def test_anonymous_login_rate_limit(tmp_path: Path) -> None:
@@ -166,7 +165,7 @@ async def test_a_cart_write_for_a_visitor_gone_meanwhile_is_401(client: Client) 
     responses = await asyncio.gather(put, register)
     assert responses[1].status_code == 201
     assert responses[0].status_code in (200, 401)
-    assert subject not in client.app.state.store.t["carts"]  # type: ignore[attr-defined]
+    assert await client.app.state.store.get_cart(subject) == {}  # type: ignore[attr-defined]
 
 
 async def test_items_without_the_trailing_slash(client: Client) -> None:

@@ -32,6 +32,10 @@ ROWS = [
     ("cart_put_rps", "PUT /cart/items/1 req/s (registered user)"),
     ("item_view_over_health", "GET /items/{id} (a view) ÷ GET /health, req/s, same server"),
     ("items_history_over_health", "GET /items/ with a full history ÷ GET /health, req/s, same server"),
+    ("pg_me_over_health", "PostgreSQL: GET /users/me ÷ GET /health, req/s, same server"),
+    ("pg_ours_over_peer", "PostgreSQL: GET /users/me req/s, ours ÷ peer (SQLAlchemy + asyncpg)"),
+    ("pg_revocation_p99_ms", "PostgreSQL: revocation delay, logout on one instance → 401 on another, p99 ms"),
+    ("pg_register_scaling", "PostgreSQL: POST /users/register req/s (32 clients), large ÷ small store"),
 ]
 
 
@@ -64,8 +68,11 @@ def test_quick_bench_prints_every_row_and_writes_every_key(tmp_path: Path) -> No
     assert {"command", "date", "nproc", "cpu_model", "versions", "load_tool", "wall_seconds"} <= doc["meta"].keys()
     assert {"python", "fastapi", "uvicorn", "pydantic", "pyjwt", "bcrypt", "peer fastapi-users"} <= (
         doc["meta"]["versions"].keys())
-    assert {"sizes", "extras", "personal", "rss_kib", "startup_seconds", "storm", "abuse", "register"} <= (
-        doc["ours"].keys())
+    assert {"sizes", "extras", "personal", "rss_kib", "startup_seconds", "storm", "abuse", "register",
+            "postgres"} <= doc["ours"].keys()
+    pg = doc["ours"]["postgres"]  # the PostgreSQL rows were measured (make test starts PostgreSQL)
+    assert isinstance(pg, dict), pg
+    assert {"health", "me", "peer_me", "revocation_ms", "register"} <= pg.keys()
     assert {"idle", "storm", "logins_per_s", "alone_logins_per_s", "login_latency_ms"} <= doc["ours"]["storm"].keys()
     assert {"size", "health", "me", "login_latency_ms"} <= doc["peer"].keys()
 

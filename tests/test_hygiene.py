@@ -4,7 +4,6 @@ deletion, the absolute session lifetime, safe usernames, normalised passwords, s
 
 import base64
 import hashlib
-import json
 import re
 import time
 import unicodedata
@@ -13,8 +12,9 @@ from pathlib import Path
 import pytest
 from passlib.context import CryptContext
 
-from conftest import SECRET, Client, bearer, make_settings, running
+from conftest import SECRET, Client, bearer, make_settings, running, seed_store
 from server import Server
+from settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -133,14 +133,15 @@ async def test_delete_me_with_the_password_deletes(client: Client) -> None:
 async def test_a_session_cannot_be_refreshed_past_session_max_days(tmp_path: Path) -> None:
     max_seconds = 0.5
     async for client in running(make_settings(tmp_path, session_max_days=max_seconds / 86400)):
-        started = time.time()
+        before = time.time()
         session = await client.session_for("marko")
+        after = time.time()  # the session was created between `before` and now
         refreshed = await client.post("/users/refresh", json={"refresh_token": session["refresh_token"]})
-        if time.time() - started < max_seconds:  # (a very slow run skips this half)
+        if time.time() - before < max_seconds:  # (a very slow run skips this half)
             assert refreshed.status_code == 200, refreshed.text
             session = refreshed.json()
         deadline = time.monotonic() + 10
-        while time.time() - started <= max_seconds and time.monotonic() < deadline:
+        while time.time() - after <= max_seconds and time.monotonic() < deadline:
             time.sleep(0.05)
         late = await client.post("/users/refresh", json={"refresh_token": session["refresh_token"]})
         assert late.status_code == 401 and late.json() == {"detail": "Invalid token"}
@@ -157,9 +158,10 @@ async def test_default_session_lifetime_allows_refreshes(client: Client) -> None
         session = response.json()
 
 
-def write_store(path: Path, users: list[dict], sessions: dict | None = None) -> None:
-    """A users.json as an earlier version of the service left it (the documented snapshot format)."""
-    path.write_text(json.dumps({"users": users, "sessions": sessions or {}}))
+def write_store(settings: Settings, users: list[dict], sessions: dict | None = None) -> None:
+    """A users.json as an earlier version of the service left it (the documented snapshot format);
+    on PostgreSQL, that file imported."""
+    seed_store(settings, {"users": users, "sessions": sessions or {}})
 
 
 async def test_a_session_stored_without_created_at_is_not_refreshed(tmp_path: Path) -> None:
@@ -168,7 +170,7 @@ async def test_a_session_stored_without_created_at_is_not_refreshed(tmp_path: Pa
 
     settings = make_settings(tmp_path)
     hashed = CryptContext(schemes=["bcrypt"], bcrypt__rounds=4).hash("password123")
-    write_store(settings.users_file, [{"id": "u-1", "username": "old", "password": hashed}],
+    write_store(settings, [{"id": "u-1", "username": "old", "password": hashed}],
                 {"s-1": {"user_id": "u-1", "jti": "j-1", "expires_at": time.time() + 3600}})
     auth = AuthHandler(SECRET, 4)
     refresh_token = auth.encode_refresh_token("u-1", "s-1", "j-1")
@@ -217,7 +219,7 @@ async def test_uniqueness_is_on_the_normalised_name(client: Client) -> None:
 async def test_accounts_made_under_the_old_rule_still_log_in(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     hashed = CryptContext(schemes=["bcrypt"], bcrypt__rounds=4).hash("password123")
-    write_store(settings.users_file, [{"id": "u-1", "username": "\u0441arol", "password": hashed}])
+    write_store(settings, [{"id": "u-1", "username": "\u0441arol", "password": hashed}])
     async for client in running(settings):
         response = await client.login("\u0441arol")
         assert response.status_code == 200, response.text
@@ -244,7 +246,7 @@ async def test_a_hash_of_the_password_as_typed_still_verifies_and_is_rehashed(tm
     nfd = unicodedata.normalize("NFD", "café-crème-42")
     nfc = unicodedata.normalize("NFC", nfd)
     legacy = CryptContext(schemes=["bcrypt"], bcrypt__rounds=4).hash(nfd)  # before normalisation
-    write_store(settings.users_file, [{"id": "u-1", "username": "old", "password": legacy}])
+    write_store(settings, [{"id": "u-1", "username": "old", "password": legacy}])
     async for client in running(settings):
         assert (await client.login("old", nfc)).status_code == 401  # the old hash knows only the NFD form
         assert (await client.login("old", nfd)).status_code == 200  # as typed: verified, then rehashed

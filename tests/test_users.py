@@ -131,13 +131,14 @@ async def test_concurrent_registrations_one_winner_and_group_commit(client: Clie
     assert len(users) == 52
 
 
+@pytest.mark.json_only  # edits or reads the JSON file itself
 async def test_store_file_is_private_and_in_the_books_format(client: Client, settings) -> None:
     await client.register("marko", "marko123")
     path = settings.users_file
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(str(path) + ".journal").st_mode) == 0o600
-    client.app.state.store.close()  # type: ignore[attr-defined]  # a clean stop folds the journal
-    client.app.state.store.open()  # type: ignore[attr-defined]
+    await client.app.state.store.close()  # type: ignore[attr-defined]  # a clean stop folds the journal
+    await client.app.state.store.open()  # type: ignore[attr-defined]
     users = json.loads(path.read_text())["users"]
     assert [u["username"] for u in users] == ["marko"] and users[0]["password"].startswith("$2b$04$")
 
