@@ -107,15 +107,19 @@ def test_forwarded_values_that_are_not_addresses_share_one_bucket(tmp_path: Path
 
 
 def test_workers_share_the_login_budget(tmp_path: Path) -> None:
+    """10 logins are admitted; once both workers have served some and shared their counts (once a
+    second), every further login is refused, whichever worker answers."""
     with Server(tmp_path / "users.json", workers=2, LOGIN_RATE_LIMIT="10") as server:
         limits = httpx.Limits(max_keepalive_connections=0)  # a new connection each: both workers serve
         with httpx.Client(base_url=server.url, timeout=20, limits=limits) as client:
             # another name each time: this counts the address's budget, not a lockout
-            first = [client.post("/users/login", json=credentials(f"ghost{i}")).status_code for i in range(10)]
-            assert first == [401] * 10
+            first: list[int] = []
+            while len(first) < 60 and (len(first) < 10 or len(server.served_by("POST /users/login")) < 2):
+                first.append(client.post("/users/login", json=credentials(f"ghost{len(first)}")).status_code)
+            assert first[:10] == [401] * 10 and set(first) <= {401, 429}, first
             assert len(server.served_by("POST /users/login")) == 2, "the logins did not reach both workers"
             time.sleep(3.5)  # each worker has shared its counts (once a second) and learnt the other's
-            later = [client.post("/users/login", json=credentials(f"ghost{i}")).status_code for i in range(10, 20)]
+            later = [client.post("/users/login", json=credentials(f"late{i}")).status_code for i in range(10)]
         assert later == [429] * 10
 
 
