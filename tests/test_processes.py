@@ -149,7 +149,7 @@ class RegistrationStream:
     """Threads registering new users back to back on fresh connections; ``acknowledged`` holds each
     username answered 201, ``broken`` counts requests cut off mid-flight (not refused connections)."""
 
-    def __init__(self, server: Server, prefix: str, threads: int = 6) -> None:
+    def __init__(self, server: Server, prefix: str, threads: int = 12) -> None:
         self.server, self.prefix = server, prefix
         self.acknowledged: list[str] = []
         self.broken = 0
