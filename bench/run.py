@@ -471,8 +471,8 @@ class Bench:
                 out["login_flood_ms"].append(samples)
                 for code, n in answers.items():
                     out["flood_answers"][str(code)] = out["flood_answers"].get(str(code), 0) + n
-        say(f"  real-user login p99 idle {[round(_p99(s)) for s in out['login_idle_ms']]} ms, during the flood "
-            f"{[round(_p99(s)) for s in out['login_flood_ms']]} ms ({out.get('login_flood_refused', 0)} refused); "
+        say(f"  real-user login p99 idle {[f'{_p99(s):.0f}' for s in out['login_idle_ms']]} ms, during the flood "
+            f"{[f'{_p99(s):.0f}' for s in out['login_flood_ms']]} ms ({out.get('login_flood_refused', 0)} refused); "
             f"flood answers {out['flood_answers']}")
         big = cfg.sizes[-1]
         health = RequestSpec("/health")
