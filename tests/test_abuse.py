@@ -185,12 +185,14 @@ async def test_global_bound_on_new_visitors(tmp_path: Path) -> None:
 
 
 async def test_paging_through_1000_users_has_no_repeat_or_gap(tmp_path: Path) -> None:
-    async for client in running(make_settings(tmp_path)):
+    # 100 registrations at once from one address: the hashing queue's bound would rightly shed some
+    # on a loaded machine (its own tests are below); here every one must be served.
+    async for client in running(make_settings(tmp_path, hash_queue_max_wait_seconds=0)):
         rng = random.Random(3)
         names = [f"{rng.choice('aAbBzZ')}u{i:04d}" for i in range(999)]
         for start in range(0, len(names), 100):
             batch = await asyncio.gather(*(client.register(n) for n in names[start:start + 100]))
-            assert all(r.status_code == 201 for r in batch)
+            assert [r.status_code for r in batch] == [201] * len(batch), [r.text for r in batch if r.status_code != 201]
         token = await client.token_for("checker")  # the 1000th
         for limit in (100, 37):
             seen: list[str] = []
