@@ -129,8 +129,9 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "users_file": tmp_path / "users.json",
         "jwt_secret": SECRET,
         "bcrypt_rounds": 4,
-        "login_rate_limit": 0,  # one test client registers and logs in many times from one address;
-        "register_rate_limit": 0,  # tests/test_abuse.py checks these limits
+        "login_rate_limit": 0,  # one test client registers and logs in many times from one address,
+        "register_rate_limit": 0,  # often dozens at once; tests/test_abuse.py checks these limits
+        "hash_queue_max_wait_seconds": 0,  # and the hashing queue's bound (test_abuse, test_flood)
         "frontend_dir": tmp_path / "no-frontend",
         **overrides,
     }
