@@ -12,15 +12,20 @@ real one wait 11 s. The gate fixes the three ways that goes wrong:
 - **Abandoned requests cost nothing.** A waiting request watches its connection; when the client
   goes, it leaves the queue at once (``ClientGone``), so it neither runs a hash nor counts in
   anyone's estimate. A request whose client left before it was queued is never queued.
-- **One client cannot starve the others.** Waiting requests queue per client address and slots
-  are handed round-robin over the addresses, so a flood from one address waits behind its own
-  requests while a real user from another address waits for at most about one hash per address
-  ahead of it. A flood from many addresses shares the same bound as everyone else.
+- **One client cannot starve the others.** Waiting requests are ordered by start-time fair
+  queueing over client addresses: each job is tagged, on arrival, with the later of the tag of the
+  job started last and the tag after its own address's previous job, and the lowest tag goes next.
+  An address that arrives while another floods is served as soon as the running hash ends, not
+  after one more of the flood's (which a plain round-robin over addresses does, costing the real
+  user up to three hashes instead of two). A flood from many addresses shares the same bound as
+  everyone else.
 
 Everything here runs on the event loop (no locks): the counters change only between awaits.
 """
 
 import asyncio
+import heapq
+import itertools
 import math
 import time
 from collections import deque
@@ -52,14 +57,23 @@ class HashGate:
         self._free = slots
         self.max_wait = max_wait
         self.seconds_per_job = seconds_per_job
-        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}  # per client, in round-robin order
+        # Start-time fair queueing: a job's tag is max(virtual time, its client's next tag); the
+        # virtual time is the tag of the job granted last. Lowest tag first, ties in arrival order.
+        self._virtual = 0
+        self._next_tag: dict[str, int] = {}  # per client: the tag after its last job
+        self._queue: list[tuple[int, int, str, asyncio.Future[None]]] = []  # heap: (tag, seq, client, turn)
+        self._seq = itertools.count()
+        self._waiting: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}  # per client, in tag order
+
+    def _tag(self, client: str) -> int:
+        return max(self._virtual, self._next_tag.get(client, 0))
 
     def expected_wait(self, client: str) -> float:
-        """Seconds a new job from ``client`` would wait for a slot, under round-robin service."""
+        """Seconds a new job from ``client`` would wait for a slot: the jobs tagged before it."""
         if self._free:
             return 0.0
-        mine = len(self._waiting.get(client, ()))
-        ahead = mine + sum(min(len(q), mine + 1) for key, q in self._waiting.items() if key != client)
+        tag = self._tag(client)
+        ahead = sum(1 for queue in self._waiting.values() for waiting, _ in queue if waiting <= tag)
         return (ahead // self._slots + 1) * self.seconds_per_job  # +1: the jobs running now
 
     def admit(self, client: str) -> None:
@@ -83,9 +97,12 @@ class HashGate:
 
     async def _acquire(self, client: str, watch: Watch | None) -> None:
         watcher = asyncio.ensure_future(watch()) if watch is not None else None
+        tag = self._tag(client)
+        self._next_tag[client] = tag + 1
         try:
             if self._free:
                 self._free -= 1
+                self._virtual = tag
                 granted = True
                 if watcher is not None:
                     try:
@@ -94,7 +111,7 @@ class HashGate:
                         self._release()
                         raise
             else:
-                granted = await self._wait_turn(client, watcher)
+                granted = await self._wait_turn(client, tag, watcher)
             if watcher is not None and watcher.done():
                 if granted:
                     self._release()  # the turn came as the client left: pass it on
@@ -105,10 +122,11 @@ class HashGate:
                 if watcher.done() and not watcher.cancelled():
                     watcher.exception()  # retrieved: a failing receive() means gone, nothing to log
 
-    async def _wait_turn(self, client: str, watcher: "asyncio.Future[Any] | None") -> bool:
+    async def _wait_turn(self, client: str, tag: int, watcher: "asyncio.Future[Any] | None") -> bool:
         """Queue for a slot until it is handed over (True) or the client goes (False)."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(client, deque()).append(turn)
+        self._waiting.setdefault(client, deque()).append((tag, turn))
+        heapq.heappush(self._queue, (tag, next(self._seq), client, turn))
         try:
             await asyncio.wait({turn} if watcher is None else {turn, watcher}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # cancelled: give back a slot handed over meanwhile
@@ -125,24 +143,25 @@ class HashGate:
         return False
 
     def _forget(self, client: str, turn: asyncio.Future[None]) -> None:
+        """Drop ``turn`` from its client's count; its heap entry, now done, is skipped later."""
         queue = self._waiting.get(client)
         if queue is not None:
-            try:
-                queue.remove(turn)
-            except ValueError:
-                pass
+            for entry in queue:
+                if entry[1] is turn:
+                    queue.remove(entry)
+                    break
             if not queue:
                 del self._waiting[client]
 
     def _release(self) -> None:
-        """Hand the slot to the first waiter of the next client in turn, or free it."""
-        while self._waiting:
-            client = next(iter(self._waiting))
-            queue = self._waiting.pop(client)
-            turn = queue.popleft()
-            if queue:
-                self._waiting[client] = queue  # to the back of the round
-            if not turn.done():
-                turn.set_result(None)
-                return
+        """Hand the slot to the waiting job with the lowest tag, or free it."""
+        while self._queue:
+            tag, _, client, turn = heapq.heappop(self._queue)
+            if turn.done():  # its client left: already forgotten
+                continue
+            self._forget(client, turn)
+            self._virtual = tag
+            turn.set_result(None)
+            return
         self._free += 1
+        self._next_tag.clear()  # nobody waits: every client starts level again
