@@ -62,6 +62,7 @@ from store import (
     ROUND_MEMORY_SECONDS,
     UPGRADE_MEMORY,
     Lockout,
+    Personal,
     RateLimited,
     Rotation,
     StoreError,
@@ -779,6 +780,13 @@ class PostgresStore:
         row = await self._read(lambda c: _history_row(c, owner))
         return [(int(item), float(at)) for item, at in self._history_items(owner, row)]
 
+    async def get_personal(self, owner: str) -> Personal:
+        row = await self._read(lambda c: c.fetchrow(_PERSONAL, owner))
+        history = {"items": row["items"], "cleared_at": row["cleared_at"]} if row["items"] is not None else {}
+        return Personal([(int(item), float(at)) for item, at in self._history_items(owner, history)],
+                        list(row["favourites"]), dict(zip(row["cart_items"], row["cart_quantities"], strict=True)),
+                        dict(row["prefs"]) if row["prefs"] else {})
+
     async def clear_history(self, owner: str) -> None:
         async def tx(t: _Tx) -> None:
             await _lock_owner(t.conn, owner)
@@ -910,6 +918,17 @@ async def _favourites(conn: asyncpg.Connection, owner: str) -> list[int]:
 async def _preferences(conn: asyncpg.Connection, owner: str) -> dict[str, str]:
     prefs = await conn.fetchval("SELECT prefs FROM preferences WHERE owner = $1", owner)
     return dict(prefs) if prefs else {}
+
+
+_PERSONAL = """
+SELECT h.items, h.cleared_at, p.prefs,
+       ARRAY(SELECT item_id FROM favourites WHERE owner = $1 ORDER BY item_id) AS favourites,
+       ARRAY(SELECT item_id FROM cart_items WHERE owner = $1 ORDER BY item_id) AS cart_items,
+       ARRAY(SELECT quantity FROM cart_items WHERE owner = $1 ORDER BY item_id) AS cart_quantities
+FROM (SELECT 1) AS one
+LEFT JOIN history h ON h.owner = $1
+LEFT JOIN preferences p ON p.owner = $1
+"""
 
 
 async def _history_row(conn: asyncpg.Connection, owner: str, lock: bool = False) -> dict[str, Any]:

@@ -102,6 +102,16 @@ class StoreUnavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Personal:
+    """What personalises the catalogue for one owner, read at once (one round trip on a database)."""
+
+    history: list[tuple[int, float]]  # newest first, with this process's unwritten views
+    favourites: list[int]
+    cart: dict[int, int]
+    preferences: dict[str, str]  # only what the owner has set
+
+
+@dataclass(frozen=True, slots=True)
 class Visitor:
     """An anonymous visitor as the store keeps it (times are Unix seconds)."""
 
@@ -158,6 +168,7 @@ class VisitorStore(Protocol):
     async def record_view(self, owner: str, item_id: int) -> None: ...
     async def flush_views(self) -> int: ...
     async def get_history(self, owner: str) -> list[tuple[int, float]]: ...
+    async def get_personal(self, owner: str) -> Personal: ...
     async def clear_history(self, owner: str) -> None: ...
     async def get_favourites(self, owner: str) -> list[int]: ...
     async def add_favourite(self, owner: str, item_id: int) -> list[int]: ...
@@ -636,6 +647,14 @@ class JsonStore:
     async def get_history(self, owner: str) -> list[tuple[int, float]]:
         self._db.refresh()
         return [(int(item), float(at)) for item, at in self._history_items(owner)]
+
+    async def get_personal(self, owner: str) -> Personal:
+        self._db.refresh()
+        t = self.t
+        return Personal([(int(item), float(at)) for item, at in self._history_items(owner)],
+                        list(t["favourites"].get(owner, [])),
+                        {int(k): v for k, v in t["carts"].get(owner, {}).items()},
+                        dict(t["preferences"].get(owner, {})))
 
     async def clear_history(self, owner: str) -> None:
         """Forget the history, including views other workers have noted but not yet written."""

@@ -32,7 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import PASSWORD, STORM_USER, StoreFactory, username_of
 from load import Loader, RequestSpec
 from run import login_ours
-from servers import LOAD_CPU, OURS_PYTHON, PEER_VENV, ROOT, ensure_peer_venv, ensure_wrk, start_ours, stop_all
+from servers import (
+    LOAD_CPU,
+    OURS_PYTHON,
+    PEER_VENV,
+    ROOT,
+    ensure_peer_venv,
+    ensure_wrk,
+    http_request,
+    start_ours,
+    stop_all,
+)
 
 PY_SPY = PEER_VENV / "bin" / "py-spy"
 LINE_NUMBER = re.compile(r" \(([^:()]+):\d+\)$")
@@ -68,7 +78,7 @@ def summarize(collapsed: Path, top: int) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=["health", "me", "register", "storm", "cart", "anonymous"])
+    p.add_argument("scenario", choices=["health", "me", "register", "storm", "cart", "anonymous", "item", "items"])
     p.add_argument("--size", type=int, default=1000, help="users in the store")
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--top", type=int, default=25)
@@ -96,7 +106,15 @@ def main() -> int:
             "storm": RequestSpec("/health"),
             "cart": RequestSpec("/cart/items/1", "PUT", {**auth, **json_type}, '{"quantity": 1}'),
             "anonymous": RequestSpec("/anonymous-login", "POST"),
+            "item": RequestSpec("/items/7", headers=auth),
+            "items": RequestSpec("/items/", headers=auth),
         }[args.scenario]
+        if args.scenario in ("item", "items"):  # rows 9 and 10: a full history, as run.py sets it up
+            for item_id in range(1, 17):
+                http_request(srv.port, "GET", f"/items/{item_id}", headers=auth)
+            for item_id in (1, 2, 3):
+                http_request(srv.port, "PUT", f"/favourites/{item_id}", headers=auth)
+            http_request(srv.port, "PUT", "/cart/items/2", b'{"quantity": 1}', {**auth, **json_type})
         background = None
         if storm:
             login = RequestSpec("/users/login", "POST", json_type,
