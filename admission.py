@@ -165,3 +165,38 @@ class HashGate:
             return
         self._free += 1
         self._next_tag.clear()  # nobody waits: every client starts level again
+
+
+class EarlyRetries:
+    """Refusals answered no sooner than the ``Retry-After`` the client was last given.
+
+    A refusal (429, 503) is cheap, but not free: a client that ignores ``Retry-After`` and asks
+    again at once can keep the event loop busy answering it, and the hashing threads run at a
+    lower priority than the loop (``authentication.HASH_NICENESS``). Measured on one core: four
+    such connections made ~2,000 refusals a second, a hash then took 2.7 s instead of 0.3 s, so
+    the gate's estimate stayed high and went on refusing nearly everyone, long after the load that
+    raised it had gone. So an address that asks again before its ``Retry-After`` has passed waits
+    for its answer until then, at most ``max_delay`` seconds: a parked request costs a timer, not
+    CPU. The first refusal, and any request of a client that honours ``Retry-After``, is answered
+    at once. The addresses remembered are bounded (the oldest are forgotten first).
+    """
+
+    def __init__(self, max_delay: float, capacity: int = 100_000) -> None:
+        """``max_delay`` 0 disables the delay."""
+        self.max_delay = max_delay
+        self._capacity = capacity
+        self._due: dict[str, float] = {}  # address -> monotonic time its Retry-After ends; oldest first
+
+    async def refuse(self, client: str, retry_after: float) -> None:
+        """Call before answering ``client`` a refusal with ``retry_after`` seconds."""
+        if not self.max_delay:
+            return
+        now = time.monotonic()
+        due = self._due.get(client, 0.0)
+        if due > now:  # several early requests of one address all wait for the same time
+            await asyncio.sleep(min(due - now, self.max_delay))
+            now = time.monotonic()
+        self._due.pop(client, None)  # re-inserted: the dict stays in order of last refusal
+        self._due[client] = now + retry_after
+        if len(self._due) > self._capacity:
+            del self._due[next(iter(self._due))]

@@ -23,8 +23,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from admission import EarlyRetries
 from authentication import AuthHandler
-from deps import COMMON_ERRORS
+from deps import COMMON_ERRORS, client_address
 from ratelimit import Budget, RateLimiter
 from routers import anonymous, personal, shop, users
 from security_headers import SecurityHeaders, build_headers
@@ -81,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.hash_queue_max_wait_seconds)
     limiter = _limiter(store, settings)
     app.state.store, app.state.auth, app.state.limiter = store, auth, limiter
+    app.state.early_retries = EarlyRetries(settings.early_retry_delay_seconds)
     await _maintain(store, settings)
     tasks = [asyncio.create_task(_periodically(MAINTENANCE_SECONDS, lambda: _maintain(store, settings),
                                                "store maintenance")),
@@ -185,8 +187,10 @@ def _message(error: dict) -> str:
 async def http_error(request: Request, exc: Exception) -> Response:
     """FastAPI's handler, except for a body it could not even decode (not UTF-8): FastAPI answers
     400 "There was an error parsing the body", a status no route declares; here it is a 422 in
-    the validation-error shape that says what is wrong."""
+    the validation-error shape that says what is wrong. A refusal with ``Retry-After`` to a client
+    that came back too early is answered no sooner than that (``admission.EarlyRetries``)."""
     assert isinstance(exc, StarletteHTTPException)  # FastAPI raises Starlette's for this one
+    await _pace_refusal(request, exc.headers)
     cause = exc.__cause__
     if exc.status_code != status.HTTP_400_BAD_REQUEST or exc.detail != BODY_PARSE_ERROR or cause is None:
         return await http_exception_handler(request, exc)
@@ -198,14 +202,21 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+async def _pace_refusal(request: Request, headers: dict[str, str] | None) -> None:
+    early: EarlyRetries | None = getattr(request.app.state, "early_retries", None)
+    if early is not None and headers and (retry_after := headers.get("Retry-After", "")).isdigit():
+        await early.refuse(client_address(request), int(retry_after))
+
+
 STORE_UNAVAILABLE_RETRY_AFTER = 1  # seconds; a database restart usually takes a few
 _last_unavailable_log = -1.0
 
 
-async def store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """The database is down or unreachable: a 503 the client may retry, never a 500. The log
     line names the kind of failure only (no connection string)."""
     global _last_unavailable_log
+    await _pace_refusal(request, {"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
     if time.monotonic() - _last_unavailable_log >= 1:  # an outage under load: a line a second, not one a request
         _last_unavailable_log = time.monotonic()
         log.warning("store unavailable: %s", exc)

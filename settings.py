@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     login_max_failures_per_account: int = Field(50, ge=0, description="per username, all addresses; 0 disables")
     login_lockout_seconds: int = Field(900, ge=1, description="the failure window and the first lock time")
     hash_queue_max_wait_seconds: float = Field(2, ge=0, description="expected wait for a hash before 503; 0 disables")
+    early_retry_delay_seconds: float = Field(1, ge=0, le=60, description="a 429/503 to an address that asks again "
+                                             "before its Retry-After waits this long at most; 0: at once")
     refresh_reuse_grace_seconds: float = Field(10, ge=0, description="a just-rotated refresh token still works; 0: off")
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://127.0.0.1:5173"]
     hsts_seconds: int | None = Field(None, ge=0, description="Strict-Transport-Security max-age; unset: no header")

@@ -132,6 +132,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "login_rate_limit": 0,  # one test client registers and logs in many times from one address,
         "register_rate_limit": 0,  # often dozens at once; tests/test_abuse.py checks these limits
         "hash_queue_max_wait_seconds": 0,  # and the hashing queue's bound (test_abuse, test_flood)
+        "early_retry_delay_seconds": 0,  # and the pacing of early retries after a 429
         "frontend_dir": tmp_path / "no-frontend",
         **overrides,
     }

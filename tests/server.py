@@ -40,7 +40,7 @@ def server_env(users_file: Path, **overrides: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(USERS_FILE=str(users_file), JWT_SECRET=secrets.token_urlsafe(36),
                BCRYPT_ROUNDS="4", ANONYMOUS_LOGIN_RATE_LIMIT="0",
-               LOGIN_RATE_LIMIT="0", REGISTER_RATE_LIMIT="0")
+               LOGIN_RATE_LIMIT="0", REGISTER_RATE_LIMIT="0", EARLY_RETRY_DELAY_SECONDS="0")
     for name, value in overrides.items():
         if value is None:
             env.pop(name, None)

@@ -5,6 +5,7 @@ and the refresh grace period. Real-process floods are in test_flood.py."""
 import asyncio
 import base64
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -64,6 +65,25 @@ async def test_zero_disables_the_budgets(tmp_path: Path) -> None:
         assert [(await client.register(f"user{i}")).status_code for i in range(40)] == [201] * 40
         assert [(await client.login("user1", "wrong-pass")).status_code for _ in range(40)] == [401] * 40
         assert (await client.login("user1")).status_code == 200
+
+
+async def test_asking_again_before_retry_after_gets_the_refusal_no_sooner(tmp_path: Path) -> None:
+    """A client that ignores Retry-After waits for its next refusal (at most
+    EARLY_RETRY_DELAY_SECONDS): refusing it cannot keep the server busy. The first refusal, and
+    other addresses, are answered at once."""
+    async for client in running(make_settings(tmp_path, login_rate_limit=1, early_retry_delay_seconds=1)):
+        async def timed_login(who: Client) -> tuple[int, float]:
+            started = time.monotonic()
+            return (await who.login("ghost", "wrong-pass")).status_code, time.monotonic() - started
+
+        assert (await timed_login(client))[0] == 401
+        first, at_once = await timed_login(client)
+        assert first == 429 and at_once < 0.9
+        both = await asyncio.gather(timed_login(client), timed_login(client))  # two early retries
+        assert [code for code, _ in both] == [429, 429] and all(0.9 <= took < 5 for _, took in both), both
+        async with from_address(client, "127.0.0.2") as other:
+            code, took = await timed_login(other)
+            assert code == 401 and took < 0.9
 
 
 # -- lockout by (username, address), and per account ---------------------------------------------

@@ -44,7 +44,7 @@ def test_a_login_flood_does_not_stall_a_real_user(tmp_path: Path) -> None:
     """8 connections from 127.0.0.2 guess random usernames for 10 s at cost 12 (2 of them close each
     request at once); the owner logs in from 127.0.0.1 meanwhile: 200 every time, within the
     queue's bound plus one second."""
-    with Server(tmp_path / "users.json", BCRYPT_ROUNDS=None) as server:  # the default cost, 12
+    with Server(tmp_path / "users.json", BCRYPT_ROUNDS=None, EARLY_RETRY_DELAY_SECONDS=None) as server:  # defaults
         with client_from(server, "127.0.0.1", timeout=30) as owner:
             assert owner.post("/users/register", json=credentials("owner")).status_code == 201
         stop = threading.Event()
@@ -131,3 +131,35 @@ def test_the_owner_logs_in_from_its_address_while_another_is_locked_out(tmp_path
         assert [attacker.post("/users/login", json=wrong).status_code for _ in range(4)] == [401, 401, 401, 429]
         assert attacker.post("/users/login", json=credentials("owner")).status_code == 429
         assert owner.post("/users/login", json=credentials("owner")).status_code == 200
+
+
+def test_clients_ignoring_retry_after_are_refused_about_once_a_second(tmp_path: Path) -> None:
+    """6 connections from 127.0.0.2 log in non-stop for 6 s, ignoring Retry-After, over a budget
+    of 5: answered at once, they would get thousands of 429s (each costs the event loop, which the
+    hashing threads yield to); paced (EARLY_RETRY_DELAY_SECONDS, default 1) they get about one per
+    connection a second. The owner on 127.0.0.1 is not slowed."""
+    with Server(tmp_path / "users.json", LOGIN_RATE_LIMIT="5", EARLY_RETRY_DELAY_SECONDS=None) as server:
+        with client_from(server, "127.0.0.1", timeout=30) as owner:
+            assert owner.post("/users/register", json=credentials("owner")).status_code == 201
+        stop = threading.Event()
+        answers: list[int] = []
+
+        def flood() -> None:
+            with client_from(server, "127.0.0.2", timeout=30) as attacker:
+                while not stop.is_set():
+                    answers.append(attacker.post("/users/login", json=credentials("owner", "wrong")).status_code)
+
+        threads = [threading.Thread(target=flood) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(6)
+            with client_from(server, "127.0.0.1", timeout=30) as owner:
+                code, took = timed_login(owner, "owner")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert code == 200 and took < 2, (code, took)
+        assert answers.count(401) <= 5 and set(answers) <= {401, 429}, answers
+        assert 6 <= answers.count(429) <= 6 * (6 + 2), len(answers)
