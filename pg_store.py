@@ -55,12 +55,11 @@ from models import MAX_QUANTITY, normalize_username
 from store import (
     ACTIVITY_GRANULARITY,
     ALL_CLIENTS,
-    MAX_ACCOUNT_LOCK_SECONDS,
     MAX_FAVOURITES,
     MAX_HISTORY,
     MAX_PENDING_OWNERS,
-    ROUND_MEMORY_SECONDS,
     UPGRADE_MEMORY,
+    Failures,
     Lockout,
     Personal,
     RateLimited,
@@ -73,7 +72,9 @@ from store import (
     Visitor,
     _failure_keys,
     _merge_history,
+    account_attempt,
     client_key,
+    pair_attempt,
 )
 
 log = logging.getLogger("uvicorn.error")
@@ -635,26 +636,17 @@ class PostgresStore:
 
         async def tx(t: _Tx) -> tuple[float, float | None]:
             now = time.time()
-            since = now - rules.window
             if rules.max_failures_per_account:
-                account = await _locked(t.conn, "login_failures", account_key, "at, round, locked_until", now)
-                if (account["locked_until"] or 0) > now:
-                    raise RateLimited(account["locked_until"] - now)
-                lock_round = account["round"] or 0
-                failures = [at for at in account["at"] if at > since]
-                if len(failures) >= rules.max_failures_per_account:  # the round is full: lock, and say so
-                    lock = min(rules.window * 2 ** lock_round, MAX_ACCOUNT_LOCK_SECONDS)
-                    await _put_failures(t.conn, account_key, [], now + lock + ROUND_MEMORY_SECONDS, lock_round + 1,
-                                        now + lock)
+                row = await _locked(t.conn, "login_failures", account_key, "at, round, locked_until, until", now)
+                account, lock = account_attempt(Failures(list(row["at"]), row["until"], row["round"] or 0,
+                                                         row["locked_until"] or 0.0), rules, now)
+                await _put_failures(t.conn, account_key, account.at, account.until, account.round, account.locked_until)
+                if lock is not None:  # the round is full: lock, and say so
                     return now, lock
-                keep = now + rules.window + (ROUND_MEMORY_SECONDS if lock_round else 0)
-                await _put_failures(t.conn, account_key, [*failures, now], keep, lock_round, 0)
             if rules.max_failures:
-                pair = await _locked(t.conn, "login_failures", pair_key, "at", now)
-                failures = [at for at in pair["at"] if at > since]
-                if len(failures) >= rules.max_failures:
-                    raise RateLimited(failures[-rules.max_failures] - since)
-                await _put_failures(t.conn, pair_key, [*failures, now][-rules.max_failures:], now + rules.window)
+                row = await _locked(t.conn, "login_failures", pair_key, "at", now)
+                pair = pair_attempt(list(row["at"]), rules, now)
+                await _put_failures(t.conn, pair_key, pair.at, pair.until)
             return now, None
 
         attempt, locked_for = await self._transact(tx)

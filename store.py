@@ -198,6 +198,45 @@ def _failure_keys(username: str, client: str) -> tuple[str, str]:
     return "pair:" + client_key(name + "\0" + client), "account:" + name
 
 
+@dataclass(frozen=True, slots=True)
+class Failures:
+    """One ``login_failures`` counter as both backends keep it: failure times (Unix seconds) in the
+    window; for an account, also its lock round and the end of its lock; ``until``: when the row
+    may be pruned."""
+
+    at: list[float]
+    until: float
+    round: int = 0
+    locked_until: float = 0.0
+
+
+def account_attempt(row: Failures | None, rules: Lockout, now: float) -> tuple[Failures, float | None]:
+    """The lockout's rule for an account's counter (``begin_login``): raises ``RateLimited`` while
+    locked; else the counter with this attempt counted and ``None``, or, when the window already
+    holds ``max_failures_per_account`` failures, the counter of the next round and the lock time
+    it starts (the window's length, doubled each round, up to ``MAX_ACCOUNT_LOCK_SECONDS``)."""
+    row = row or Failures([], 0)
+    if row.locked_until > now:
+        raise RateLimited(row.locked_until - now)
+    failures = [t for t in row.at if t > now - rules.window]
+    if len(failures) >= rules.max_failures_per_account:
+        lock = min(rules.window * 2 ** row.round, MAX_ACCOUNT_LOCK_SECONDS)
+        return Failures([], now + lock + ROUND_MEMORY_SECONDS, row.round + 1, now + lock), lock
+    keep = now + rules.window + (ROUND_MEMORY_SECONDS if row.round else 0)
+    return Failures([*failures, now], keep, row.round), None
+
+
+def pair_attempt(at: list[float], rules: Lockout, now: float) -> Failures:
+    """The lockout's rule for a (username, address) counter: raises ``RateLimited`` while it holds
+    ``max_failures`` failures within the window (until the oldest of them leaves it); else the
+    counter with this attempt counted (only the newest ``max_failures`` are kept)."""
+    since = now - rules.window
+    failures = [t for t in at if t > since]
+    if len(failures) >= rules.max_failures:
+        raise RateLimited(failures[-rules.max_failures] - since)
+    return Failures([*failures, now][-rules.max_failures:], now + rules.window)
+
+
 def _legacy_id(doc: dict[str, Any]) -> str:
     """The key of a user in the snapshot; a book-era entry without ``id`` gets a stable one."""
     if "id" in doc and doc["id"] is not None:
@@ -503,29 +542,20 @@ class JsonStore:
 
         def tx() -> tuple[tuple[float, float | None], list[Change]]:
             now = time.time()
-            since = now - rules.window
             rows = self.t["login_failures"]
             changes: list[Change] = []
             if rules.max_failures_per_account:
-                account = rows.get(account_key, {})
-                if account.get("locked_until", 0) > now:
-                    raise RateLimited(account["locked_until"] - now)
-                lock_round = account.get("round", 0)
-                failures = [t for t in account.get("at", ()) if t > since]
-                if len(failures) >= rules.max_failures_per_account:  # the round is full: lock, and say so
-                    lock = min(rules.window * 2 ** lock_round, MAX_ACCOUNT_LOCK_SECONDS)
-                    doc = {"at": [], "round": lock_round + 1, "locked_until": now + lock,
-                           "until": now + lock + ROUND_MEMORY_SECONDS}
-                    return (now, lock), [("login_failures", account_key, doc)]
-                keep = now + rules.window + (ROUND_MEMORY_SECONDS if lock_round else 0)
-                doc = {"at": [*failures, now], "round": lock_round, "locked_until": 0, "until": keep}
-                changes.append(("login_failures", account_key, doc))
+                doc = rows.get(account_key) or {}
+                account, lock = account_attempt(Failures(list(doc.get("at", ())), doc.get("until", 0.0), doc.get(
+                    "round", 0), doc.get("locked_until", 0.0)), rules, now)
+                account_doc = {"at": account.at, "round": account.round, "locked_until": account.locked_until,
+                               "until": account.until}
+                if lock is not None:  # the round is full: lock, and say so
+                    return (now, lock), [("login_failures", account_key, account_doc)]
+                changes.append(("login_failures", account_key, account_doc))
             if rules.max_failures:
-                failures = [t for t in rows.get(pair_key, {}).get("at", ()) if t > since]
-                if len(failures) >= rules.max_failures:
-                    raise RateLimited(failures[-rules.max_failures] - since)
-                failures = [*failures, now][-rules.max_failures:]
-                changes.append(("login_failures", pair_key, {"at": failures, "until": now + rules.window}))
+                pair = pair_attempt(rows.get(pair_key, {}).get("at", []), rules, now)
+                changes.append(("login_failures", pair_key, {"at": pair.at, "until": pair.until}))
             return (now, None), changes
 
         attempt, locked_for = await self._transact(tx)
