@@ -21,7 +21,10 @@ the JSON store's; times are Unix seconds, as there.
   invalidation does not fill the cache (a generation counter). Once the listener's loss is seen
   (at once for a closed connection; a silent one fails its heartbeat within 1 + 3 s) the cache is
   emptied, nothing is served from or put into it until the listener is back, and it is emptied
-  again then.
+  again then. Sessions and visitors found missing are remembered too (``_gone``): their ids are
+  random and never reused, and a token names one only after it was committed, so once missing
+  they are gone for good. A revoked token replayed in a loop then costs no query, whether or not
+  the listener is up.
 - **Faults.** Any database error or timeout in a request raises ``StoreUnavailable`` (app.py
   answers 503 with ``Retry-After``); the pool reconnects by itself when the database is back.
   Start-up waits for an unreachable database up to ``DATABASE_STARTUP_TIMEOUT_SECONDS``, then
@@ -206,6 +209,7 @@ class PostgresStore:
         self._sessions: dict[str, tuple[float, User]] = {}
         self._users: dict[str, tuple[float, User]] = {}
         self._visitors: dict[str, tuple[float, Visitor]] = {}
+        self._gone: dict[str, None] = {}  # session and visitor ids found missing: never valid again
         self._generation = 0  # bumped by every invalidation: a read that overlapped one is not kept
         self._live = False  # the LISTEN connection is up: the cache may be used
         self._listening = asyncio.Event()
@@ -334,6 +338,11 @@ class PostgresStore:
                     del self._sessions[sid]
             else:
                 self._forget_all()
+
+    def _remember_gone(self, key: str) -> None:
+        if len(self._gone) >= CACHE_ENTRIES:
+            del self._gone[next(iter(self._gone))]
+        self._gone[key] = None
 
     def _keep(self, cache: dict[str, tuple[float, Any]], key: str, value: Any, generation: int) -> None:
         if self._live and generation == self._generation:
@@ -481,10 +490,14 @@ class PostgresStore:
         entry = self._visitors.get(anonymous_id)
         if entry is not None and time.monotonic() - entry[0] < CACHE_SECONDS:
             return entry[1]
+        if anonymous_id in self._gone:
+            return None
         generation = self._generation
         visitor = await self.get_anonymous(anonymous_id)
         if visitor is not None:
             self._keep(self._visitors, anonymous_id, visitor, generation)
+        else:
+            self._remember_gone(anonymous_id)
         return visitor
 
     async def get_anonymous(self, anonymous_id: str) -> Visitor | None:
@@ -581,11 +594,14 @@ class PostgresStore:
         entry = self._sessions.get(session_id)
         if entry is not None and entry[1].id == user_id and time.monotonic() - entry[0] < CACHE_SECONDS:
             return entry[1]
+        if session_id in self._gone:
+            return None
         generation = self._generation
         row = await self._read(lambda c: c.fetchrow(
             "SELECT u.id, u.username, u.password FROM sessions s JOIN users u ON u.id = s.user_id "
             "WHERE s.id = $1 AND s.user_id = $2", session_id, user_id))
         if row is None:
+            self._remember_gone(session_id)  # ended, or its account deleted (a token's ids are signed)
             return None
         user = _user(row)
         self._keep(self._sessions, session_id, user, generation)

@@ -127,6 +127,30 @@ async def test_a_database_refusing_connections_gives_503_then_recovery(tmp_path:
         assert (await client.get("/cart", headers=bearer(token))).json() == {"items": [{"item_id": 1, "quantity": 2}]}
 
 
+async def test_revoked_tokens_are_refused_without_asking_the_database(tmp_path: Path, databases: Databases) -> None:
+    """Once a process has found a session or visitor missing, it answers 401 for it from memory
+    (their ids are never reused): replaying a revoked token costs no query, and still gets 401
+    while the database refuses connections, when a live token gets 503."""
+    url = databases.url_for(tmp_path)
+    name = url.rsplit("/", 1)[1]
+    async for client in running(make_settings(tmp_path, database_url=url)):
+        live, revoked = await client.token_for("marko"), await client.token_for("marko")
+        assert (await client.post("/users/logout", headers=bearer(revoked))).status_code == 204
+        visitor = await client.anonymous()
+        assert (await client.register("ana", token=visitor)).status_code == 201  # the visitor becomes ana
+        for token in (revoked, visitor):
+            assert (await client.get("/cart", headers=bearer(token))).status_code == 401  # found missing
+        pg_support.psql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        try:
+            pg_support.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            assert (await client.get("/cart", headers=bearer(live))).status_code == 503  # the database is away
+            for token in (revoked, visitor):
+                response = await client.get("/cart", headers=bearer(token))
+                assert response.status_code == 401 and response.json() == {"detail": "Invalid token"}, response.text
+        finally:
+            pg_support.psql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+
 async def test_a_database_at_an_unknown_newer_revision_refuses_to_start(tmp_path: Path, databases: Databases) -> None:
     url = databases.url_for(tmp_path)
     pg_support.psql("UPDATE alembic_version SET version_num = '9999_from_the_future'", url)
