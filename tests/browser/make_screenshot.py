@@ -1,4 +1,5 @@
-"""Take the README's screenshot of the SPA: logged in, with the catalogue and a cart.
+"""Take the README's screenshot of the SPA: logged in, with the catalogue, a cart, items viewed and a
+favourite (made before signing in, so they moved into the account) and the recommendations.
 
     npm --prefix frontend ci && npm --prefix frontend run build
     .venv/bin/python tests/browser/make_screenshot.py [output.png]   # default: frontend/screenshot.png
@@ -40,9 +41,14 @@ def main() -> None:
             expect(page.get_by_role("status")).to_have_text(f"Registered {name}, please log in")
         catalogue_loaded(page)
         shop(page, 1, 4, 4)
+        for item_id, name in ((3, "Ceramic dripper"), (4, "Paper filters (100)")):
+            page.get_by_test_id(f"item-{item_id}").get_by_role("button", name=name, exact=True).click()
+            expect(page.get_by_test_id("item-detail").get_by_role("heading")).to_have_text(name)
+        page.get_by_role("button", name="Favourite Ceramic dripper", exact=True).click()
         register_and_login(page, PEOPLE[-1])
         expect(page.get_by_role("list", name="All users").get_by_role("listitem")).to_have_count(len(PEOPLE))
         expect_cart(page, {1: 1, 4: 2})
+        expect(page.get_by_role("list", name="Recommended for you").get_by_role("listitem")).to_have_count(4)
         page.evaluate("() => document.activeElement?.blur()")  # no focus ring in the picture
         page.screenshot(path=output)
         browser.close()
