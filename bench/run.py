@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -494,18 +495,23 @@ class Bench:
 
     def register(self) -> dict[str, Any]:
         """32 clients registering new users, small store vs large, interleaved; fresh stores every repetition."""
+        return self._register_pairs(lambda n: self.ours(n), "r", "register")
+
+    def _register_pairs(self, start: Callable[[int], Server], prefix: str, label: str) -> dict[str, Any]:
+        """Per repetition: a fresh server per size from ``start``, the register load interleaved
+        between them (``prefix`` keeps each run's usernames apart)."""
         cfg = self.cfg
         out: dict[str, list[dict[str, Any]]] = {str(n): [] for n in cfg.register_sizes}
         for rep in range(cfg.reps):
             try:
                 targets: dict[str, Target] = {}
                 for k, n in enumerate(cfg.register_sizes):
-                    srv = self.ours(n)
+                    srv = start(n)
                     self.loader.run(srv.port, RequestSpec("/health"), cfg.connections, cfg.warmup)
                     targets[str(n)] = (srv.port, RequestSpec(
                         "/users/register", method="POST", headers={"Content-Type": "application/json"},
                         body=json.dumps({"username": "{n}", "password": PASSWORD}),
-                        unique=True, prefix=f"r{rep}{'ab'[k]}",
+                        unique=True, prefix=f"{prefix}{rep}{'ab'[k]}",
                     ))
                 # No registering warm-up: it would grow the small store before it is measured.
                 res = interleaved(self.loader, targets, replace(cfg, reps=1), cfg.register_connections, warm=False)
@@ -514,11 +520,8 @@ class Bench:
             for n, results in res.items():
                 out[n] += results
         for n, results in out.items():
-            say(f"register, {int(n):,} users: {_brief(results)}")
+            say(f"{label}, {int(n):,} users: {_brief(results)}")
         return out
-
-
-    # -- PostgreSQL: rows P1-P4 ------------------------------------------------------------------
 
     def ours_pg(self, database_url: str, name: str) -> Server:
         """Ours with DATABASE_URL (one worker, like every other server here); no store file is used."""
@@ -613,27 +616,8 @@ class Bench:
 
     def register_pg(self, pg: PgAdmin, base: dict[int, str]) -> dict[str, list[dict[str, Any]]]:
         """As register(), on fresh copies of the PostgreSQL base databases."""
-        cfg = self.cfg
-        out: dict[str, list[dict[str, Any]]] = {str(n): [] for n in cfg.register_sizes}
-        for rep in range(cfg.reps):
-            try:
-                targets: dict[str, Target] = {}
-                for k, n in enumerate(cfg.register_sizes):
-                    srv = self.ours_pg(pg.url(pg.create(base[n])), f"ours-pg-register-{n}")
-                    self.loader.run(srv.port, RequestSpec("/health"), cfg.connections, cfg.warmup)
-                    targets[str(n)] = (srv.port, RequestSpec(
-                        "/users/register", method="POST", headers={"Content-Type": "application/json"},
-                        body=json.dumps({"username": "{n}", "password": PASSWORD}),
-                        unique=True, prefix=f"p{rep}{'ab'[k]}",
-                    ))
-                res = interleaved(self.loader, targets, replace(cfg, reps=1), cfg.register_connections, warm=False)
-            finally:
-                stop_all()
-            for n, results in res.items():
-                out[n] += results
-        for n, results in out.items():
-            say(f"register on PostgreSQL, {int(n):,} users: {_brief(results)}")
-        return out
+        return self._register_pairs(lambda n: self.ours_pg(pg.url(pg.create(base[n])), f"ours-pg-register-{n}"),
+                                    "p", "register on PostgreSQL")
 
 
 # --- metadata, chart, main ------------------------------------------------------------------
