@@ -17,7 +17,9 @@ real one wait 11 s. The gate fixes the three ways that goes wrong:
   job started last and the tag after its own address's previous job, and the lowest tag goes next.
   An address that arrives while another floods is served as soon as the running hash ends, not
   after one more of the flood's (which a plain round-robin over addresses does, costing the real
-  user up to three hashes instead of two). A flood from many addresses shares the same bound as
+  user up to three hashes instead of two). Tags alone would let a stream of new addresses overtake
+  a waiting job for ever, so the oldest waiting job is passed over at most once per slot. A job
+  whose client left gives its tag back. A flood from many addresses shares the same bound as
   everyone else.
 
 Everything here runs on the event loop (no locks): the counters change only between awaits.
@@ -49,6 +51,15 @@ class ClientGone(Exception):
     """The client disconnected before its turn came: nothing was hashed."""
 
 
+class _Job:
+    """A waiting request: its fair-queueing tag, its arrival number and the future that grants it."""
+
+    __slots__ = ("client", "seq", "tag", "turn")
+
+    def __init__(self, tag: int, seq: int, client: str, turn: "asyncio.Future[None]") -> None:
+        self.tag, self.seq, self.client, self.turn = tag, seq, client, turn
+
+
 class HashGate:
     def __init__(self, executor: Executor, slots: int, seconds_per_job: float, max_wait: float = 0) -> None:
         """``slots`` jobs run at once in ``executor``; ``max_wait`` 0 disables the bound."""
@@ -61,9 +72,12 @@ class HashGate:
         # virtual time is the tag of the job granted last. Lowest tag first, ties in arrival order.
         self._virtual = 0
         self._next_tag: dict[str, int] = {}  # per client: the tag after its last job
-        self._queue: list[tuple[int, int, str, asyncio.Future[None]]] = []  # heap: (tag, seq, client, turn)
         self._seq = itertools.count()
-        self._waiting: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}  # per client, in tag order
+        self._queue: list[tuple[int, int, _Job]] = []  # heap by (tag, seq); granted or gone ones skipped
+        self._arrivals: deque[_Job] = deque()  # the same jobs in arrival order, skipped the same way
+        self._live = 0  # jobs waiting
+        self._oldest: _Job | None = None
+        self._overtaken = 0  # how often the oldest waiting job has been passed over by later ones
 
     def _tag(self, client: str) -> int:
         return max(self._virtual, self._next_tag.get(client, 0))
@@ -73,7 +87,7 @@ class HashGate:
         if self._free:
             return 0.0
         tag = self._tag(client)
-        ahead = sum(1 for queue in self._waiting.values() for waiting, _ in queue if waiting <= tag)
+        ahead = sum(1 for job in self._arrivals if job.tag <= tag and not job.turn.done())
         return (ahead // self._slots + 1) * self.seconds_per_job  # +1: the jobs running now
 
     def admit(self, client: str) -> None:
@@ -99,6 +113,9 @@ class HashGate:
         watcher = asyncio.ensure_future(watch()) if watch is not None else None
         tag = self._tag(client)
         self._next_tag[client] = tag + 1
+        if len(self._next_tag) > 4 * (self._live + self._slots) + 1024:
+            # a tag at or below the virtual time changes nothing (max()): forget those
+            self._next_tag = {c: t for c, t in self._next_tag.items() if t > self._virtual}
         try:
             if self._free:
                 self._free -= 1
@@ -124,47 +141,60 @@ class HashGate:
 
     async def _wait_turn(self, client: str, tag: int, watcher: "asyncio.Future[Any] | None") -> bool:
         """Queue for a slot until it is handed over (True) or the client goes (False)."""
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(client, deque()).append((tag, turn))
-        heapq.heappush(self._queue, (tag, next(self._seq), client, turn))
+        job = _Job(tag, next(self._seq), client, asyncio.get_running_loop().create_future())
+        heapq.heappush(self._queue, (tag, job.seq, job))
+        self._arrivals.append(job)
+        self._live += 1
         try:
-            await asyncio.wait({turn} if watcher is None else {turn, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({job.turn} if watcher is None else {job.turn, watcher},
+                               return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # cancelled: give back a slot handed over meanwhile
-            if turn.done():
+            if job.turn.done():
                 self._release()
             else:
-                turn.cancel()
-                self._forget(client, turn)
+                self._abandon(job)
             raise
-        if turn.done():
+        if job.turn.done():
             return True
-        turn.cancel()
-        self._forget(client, turn)
+        self._abandon(job)
         return False
 
-    def _forget(self, client: str, turn: asyncio.Future[None]) -> None:
-        """Drop ``turn`` from its client's count; its heap entry, now done, is skipped later."""
-        queue = self._waiting.get(client)
-        if queue is not None:
-            for entry in queue:
-                if entry[1] is turn:
-                    queue.remove(entry)
-                    break
-            if not queue:
-                del self._waiting[client]
+    def _abandon(self, job: _Job) -> None:
+        """``job`` leaves without a hash: it stops counting, and its client's tag is given back."""
+        job.turn.cancel()
+        self._live -= 1
+        if self._next_tag.get(job.client) == job.tag + 1:
+            self._next_tag[job.client] = job.tag
+        if len(self._queue) > 2 * self._live + 64:  # mostly left-behind entries: rebuild
+            self._arrivals = deque(j for j in self._arrivals if not j.turn.done())
+            self._queue = [(j.tag, j.seq, j) for j in self._arrivals]
+            heapq.heapify(self._queue)
 
     def _release(self) -> None:
-        """Hand the slot to the waiting job with the lowest tag, or free it."""
-        while self._queue:
-            tag, _, client, turn = heapq.heappop(self._queue)
-            if turn.done():  # its client left: already forgotten
-                continue
-            self._forget(client, turn)
-            self._virtual = tag
-            turn.set_result(None)
+        """Hand the slot to the waiting job with the lowest tag, or free it. Fairness by tags alone
+        would let a stream of newly arriving addresses overtake a waiting job for ever (each comes
+        in at the virtual time); so the oldest waiting job is passed over at most ``slots`` times,
+        about one hash, and then goes next."""
+        while self._arrivals and self._arrivals[0].turn.done():
+            self._arrivals.popleft()
+        if not self._arrivals:
+            self._queue.clear()  # only left-behind entries
+            self._free += 1
+            self._next_tag.clear()  # nobody waits: every client starts level again
             return
-        self._free += 1
-        self._next_tag.clear()  # nobody waits: every client starts level again
+        oldest = self._arrivals[0]
+        if oldest is not self._oldest:
+            self._oldest, self._overtaken = oldest, 0
+        if self._overtaken >= self._slots:
+            job = oldest
+        else:
+            while (job := heapq.heappop(self._queue)[2]).turn.done():
+                pass
+        if job is not oldest:
+            self._overtaken += 1
+        self._live -= 1
+        self._virtual = max(self._virtual, job.tag)
+        job.turn.set_result(None)
 
 
 class EarlyRetries:
@@ -188,7 +218,8 @@ class EarlyRetries:
         self._due: dict[str, float] = {}  # address -> monotonic time its Retry-After ends; oldest first
 
     async def refuse(self, client: str, retry_after: float) -> None:
-        """Call before answering ``client`` a refusal with ``retry_after`` seconds."""
+        """Call before answering ``client`` (an address, or an address and a kind of refusal) a
+        refusal with ``retry_after`` seconds."""
         if not self.max_delay:
             return
         now = time.monotonic()

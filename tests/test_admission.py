@@ -77,6 +77,41 @@ def test_backlogged_addresses_alternate() -> None:
     assert order == ["a-1", "b-1", "a-2", "b-2", "a-3", "b-3"]
 
 
+def test_new_addresses_cannot_overtake_a_waiting_job_for_ever() -> None:
+    """b's second job waits while new addresses keep coming (each tagged at the virtual time, so
+    before it): it is passed over once (one slot), then served."""
+    order = asyncio.run(_run_in_order([
+        ("b", "b-1"), ("b", "b-2"), ("c1", "c1"), ("c2", "c2"), ("c3", "c3"), ("c4", "c4")]))
+    assert order == ["b-1", "c1", "b-2", "c2", "c3", "c4"]
+
+
+def test_a_job_whose_client_left_gives_its_place_back() -> None:
+    """x queued and left: x's next job is not pushed behind y's, which arrived after it."""
+    async def scenario() -> list[str]:
+        jobs = Jobs()
+        gone = asyncio.Event()
+        with ThreadPoolExecutor(1) as pool:
+            gate = _gate(pool)
+            first = asyncio.ensure_future(gate.run("a", None, jobs.job, "a-1"))
+            await jobs.until_started(1)
+            left = asyncio.ensure_future(gate.run("x", gone.wait, jobs.job, "x-left"))
+            await _settle()
+            gone.set()
+            await _settle()
+            assert isinstance(left.exception(), ClientGone)
+            tasks = [asyncio.ensure_future(gate.run("x", None, jobs.job, "x-2"))]
+            await _settle()
+            tasks.append(asyncio.ensure_future(gate.run("y", None, jobs.job, "y-1")))
+            await _settle()
+            for n in range(1, 4):
+                await jobs.until_started(n)
+                await jobs.finish(jobs.started[-1])
+            await asyncio.gather(first, *tasks)
+        return jobs.started
+
+    assert asyncio.run(scenario()) == ["a-1", "x-2", "y-1"]
+
+
 def test_a_waiter_whose_client_leaves_is_never_run() -> None:
     async def scenario() -> tuple[list[str], BaseException | None]:
         jobs = Jobs()
