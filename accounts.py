@@ -62,8 +62,8 @@ async def _hashing(job: Callable[[], Awaitable[T]]) -> T:
         return await job()
     except Overloaded as exc:
         raise service_unavailable(BUSY, exc.retry_after) from None
-    except ClientGone:  # nobody reads this answer; it only ends the request
-        raise service_unavailable("Client disconnected", 1) from None
+    except ClientGone:  # nobody reads this answer; it only ends the request (not paced: no Retry-After)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Client disconnected") from None
 
 
 async def _begin(username: str, caller: Caller, store: Store, auth: AuthHandler, settings: Settings) -> float:

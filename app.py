@@ -197,7 +197,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     the validation-error shape that says what is wrong. A refusal with ``Retry-After`` to a client
     that came back too early is answered no sooner than that (``admission.EarlyRetries``)."""
     assert isinstance(exc, StarletteHTTPException)  # FastAPI raises Starlette's for this one
-    await _pace_refusal(request, exc.headers)
+    await _pace_refusal(request, exc.status_code, exc.detail, exc.headers)
     cause = exc.__cause__
     if exc.status_code != status.HTTP_400_BAD_REQUEST or exc.detail != BODY_PARSE_ERROR or cause is None:
         return await http_exception_handler(request, exc)
@@ -209,10 +209,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
-async def _pace_refusal(request: Request, headers: dict[str, str] | None) -> None:
+async def _pace_refusal(request: Request, status_code: int, detail: object, headers: dict[str, str] | None) -> None:
+    """Paced per address and kind of refusal: a lockout's long Retry-After does not slow the
+    same address's other refusals (nor the others behind the same NAT)."""
     early: EarlyRetries | None = getattr(request.app.state, "early_retries", None)
     if early is not None and headers and (retry_after := headers.get("Retry-After", "")).isdigit():
-        await early.refuse(client_address(request), int(retry_after))
+        await early.refuse(f"{client_address(request)} {status_code} {detail}", int(retry_after))
 
 
 STORE_UNAVAILABLE_RETRY_AFTER = 1  # seconds; a database restart usually takes a few
@@ -223,7 +225,7 @@ async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """The database is down or unreachable: a 503 the client may retry, never a 500. The log
     line names the kind of failure only (no connection string)."""
     global _last_unavailable_log
-    await _pace_refusal(request, {"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
+    await _pace_refusal(request, 503, "store", {"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
     if time.monotonic() - _last_unavailable_log >= 1:  # an outage under load: a line a second, not one a request
         _last_unavailable_log = time.monotonic()
         log.warning("store unavailable: %s", exc)

@@ -23,8 +23,9 @@ the JSON store's; times are Unix seconds, as there.
   emptied, nothing is served from or put into it until the listener is back, and it is emptied
   again then. Sessions and visitors found missing are remembered too (``_gone``): their ids are
   random and never reused, and a token names one only after it was committed, so once missing
-  they are gone for good. A revoked token replayed in a loop then costs no query, whether or not
-  the listener is up.
+  they are gone for good. Only the ``*`` notification of ``import-json`` (which may bring ids
+  back) empties that memory; a lost listener does not. A revoked token replayed in a loop then
+  costs no query, whether or not the listener is up.
 - **Faults.** Any database error or timeout in a request raises ``StoreUnavailable`` (app.py
   answers 503 with ``Retry-After``); the pool reconnects by itself when the database is back.
   Start-up waits for an unreachable database up to ``DATABASE_STARTUP_TIMEOUT_SECONDS``, then
@@ -336,7 +337,8 @@ class PostgresStore:
                 self._users.pop(key, None)
                 for sid in [sid for sid, (_, user) in self._sessions.items() if user.id == key]:
                     del self._sessions[sid]
-            else:
+            else:  # ``*``: a bulk change (import-json) may have brought ids back
+                self._gone.clear()
                 self._forget_all()
 
     def _remember_gone(self, key: str) -> None:

@@ -69,9 +69,10 @@ async def test_zero_disables_the_budgets(tmp_path: Path) -> None:
 
 async def test_asking_again_before_retry_after_gets_the_refusal_no_sooner(tmp_path: Path) -> None:
     """A client that ignores Retry-After waits for its next refusal (at most
-    EARLY_RETRY_DELAY_SECONDS): refusing it cannot keep the server busy. The first refusal, and
-    other addresses, are answered at once."""
-    async for client in running(make_settings(tmp_path, login_rate_limit=1, early_retry_delay_seconds=1)):
+    EARLY_RETRY_DELAY_SECONDS): refusing it cannot keep the server busy. The first refusal, other
+    addresses, and another kind of refusal are answered at once."""
+    async for client in running(make_settings(tmp_path, login_rate_limit=1, register_rate_limit=1,
+                                              early_retry_delay_seconds=1)):
         async def timed_login(who: Client) -> tuple[int, float]:
             started = time.monotonic()
             return (await who.login("ghost", "wrong-pass")).status_code, time.monotonic() - started
@@ -84,6 +85,9 @@ async def test_asking_again_before_retry_after_gets_the_refusal_no_sooner(tmp_pa
         async with from_address(client, "127.0.0.2") as other:
             code, took = await timed_login(other)
             assert code == 401 and took < 0.9
+        assert (await client.register("first")).status_code == 201
+        started = time.monotonic()  # another kind of refusal, from the paced address: at once
+        assert (await client.register("second")).status_code == 429 and time.monotonic() - started < 0.9
 
 
 # -- lockout by (username, address), and per account ---------------------------------------------
