@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from copy import copy
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, status
 from fastapi.exception_handlers import http_exception_handler
@@ -26,8 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from admission import EarlyRetries
 from authentication import AuthHandler
-from deps import COMMON_ERRORS, client_address
-from models import Message as MessageModel
+from deps import COMMON_ERRORS, MAX_BODY_BYTES, client_address
 from ratelimit import Budget, RateLimiter
 from routers import anonymous, personal, shop, users
 from security_headers import SecurityHeaders, build_headers
@@ -35,7 +33,6 @@ from settings import Settings
 from store import Store, StoreError, StoreUnavailable, build_store
 
 log = logging.getLogger("uvicorn.error")
-MAX_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 MAINTENANCE_SECONDS = 3600
 SHARE_COUNTS_SECONDS = 1.0
@@ -122,9 +119,6 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
-BODY_TOO_LARGE: dict[str, Any] = {"model": MessageModel, "description": f"Request body over {MAX_BODY_BYTES // 1024} KiB"}
-
-
 class BodyLimit:
     """Refuse request bodies over ``max_bytes`` with 413 before they are buffered."""
 
@@ -169,8 +163,6 @@ def include_flat(app: FastAPI, router: APIRouter) -> None:
     for route in router.routes:
         if isinstance(route, APIRoute):
             route = copy(route)
-            if route.methods - {"GET", "HEAD", "OPTIONS"}:  # BodyLimit may answer it: declared
-                route.responses = {**route.responses, 413: BODY_TOO_LARGE}
             route.dependency_overrides_provider = app
             route.app = request_response(route.get_route_handler())
         app.router.routes.append(route)

@@ -180,7 +180,21 @@ class AnonymousVisitor(_Bearer):
         return claims["sub"] if await store.anonymous_exists(claims["sub"]) else None
 
 
-class IdentityRoute(APIRoute):
+MAX_BODY_BYTES = 64 * 1024  # app.BodyLimit answers 413 over it
+BODY_TOO_LARGE: dict[str, Any] = {"model": Message, "description": f"Request body over {MAX_BODY_BYTES // 1024} KiB"}
+
+
+class DeclaredRoute(APIRoute):
+    """An ``APIRoute`` whose OpenAPI entry declares the 413 of ``app.BodyLimit`` when its method
+    takes a body (all but GET, HEAD and OPTIONS): that middleware answers before any route."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if set(kwargs.get("methods") or ()) - {"GET", "HEAD", "OPTIONS"}:
+            kwargs["responses"] = {413: BODY_TOO_LARGE, **(kwargs.get("responses") or {})}
+        super().__init__(path, endpoint, **kwargs)
+
+
+class IdentityRoute(DeclaredRoute):
     """An ``APIRoute`` that runs its ``CurrentUser``/``CurrentIdentity`` checks itself, first,
     instead of leaving them to FastAPI's dependency solver.
 

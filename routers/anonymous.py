@@ -2,11 +2,20 @@
 
 from fastapi import APIRouter
 
-from deps import COMMON_ERRORS, UNAVAILABLE, AuthDep, ClientAddress, SettingsDep, StoreDep, too_many_requests
+from deps import (
+    COMMON_ERRORS,
+    UNAVAILABLE,
+    AuthDep,
+    ClientAddress,
+    DeclaredRoute,
+    SettingsDep,
+    StoreDep,
+    too_many_requests,
+)
 from models import AnonymousTokenOut, Message
 from store import RateLimited
 
-router = APIRouter(tags=["anonymous"], responses=COMMON_ERRORS)
+router = APIRouter(tags=["anonymous"], route_class=DeclaredRoute, responses=COMMON_ERRORS)
 
 
 @router.post("/anonymous-login", response_model=AnonymousTokenOut, responses={

@@ -48,6 +48,8 @@ async def test_every_operation_that_takes_a_body_declares_413(client: Client) ->
     paths = (await client.get("/openapi.json")).json()["paths"]
     with_body = {(m, p): op["responses"] for p, ops in paths.items() for m, op in ops.items() if m != "get"}
     assert len(with_body) >= 14 and all("413" in responses for responses in with_body.values()), with_body
+    assert all(r["413"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Message"}
+               for r in with_body.values())
     assert not any("413" in op["responses"] for ops in paths.values() for m, op in ops.items() if m == "get")
 
 
