@@ -79,6 +79,7 @@ from store import (
     account_attempt,
     client_key,
     pair_attempt,
+    typed_history,
 )
 
 log = logging.getLogger("uvicorn.error")
@@ -788,12 +789,12 @@ class PostgresStore:
 
     async def get_history(self, owner: str) -> list[tuple[int, float]]:
         row = await self._read(lambda c: _history_row(c, owner))
-        return [(int(item), float(at)) for item, at in self._history_items(owner, row)]
+        return typed_history(self._history_items(owner, row))
 
     async def get_personal(self, owner: str) -> Personal:
         row = await self._read(lambda c: c.fetchrow(_PERSONAL, owner))
         history = {"items": row["items"], "cleared_at": row["cleared_at"]} if row["items"] is not None else {}
-        return Personal([(int(item), float(at)) for item, at in self._history_items(owner, history)],
+        return Personal(typed_history(self._history_items(owner, history)),
                         list(row["favourites"]), dict(zip(row["cart_items"], row["cart_quantities"], strict=True)),
                         dict(row["prefs"]) if row["prefs"] else {})
 
@@ -862,7 +863,7 @@ class PostgresStore:
             return {
                 "profile": {"id": row["id"], "username": row["username"]},
                 "cart": await _cart(conn, user_id),
-                "history": [(int(item), float(at)) for item, at in history],
+                "history": typed_history(history),
                 "favourites": await _favourites(conn, user_id),
                 "preferences": await _preferences(conn, user_id),
                 "sessions": [dict(s) for s in sessions],

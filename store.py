@@ -210,6 +210,11 @@ class Failures:
     locked_until: float = 0.0
 
 
+def typed_history(items: list[list[Any]]) -> list[tuple[int, float]]:
+    """A stored history (``[[item_id, viewed_at], ...]``, as JSON or jsonb gives it back) as typed pairs."""
+    return [(int(item), float(at)) for item, at in items]
+
+
 def account_attempt(row: Failures | None, rules: Lockout, now: float) -> tuple[Failures, float | None]:
     """The lockout's rule for an account's counter (``begin_login``): raises ``RateLimited`` while
     locked; else the counter with this attempt counted and ``None``, or, when the window already
@@ -676,12 +681,12 @@ class JsonStore:
 
     async def get_history(self, owner: str) -> list[tuple[int, float]]:
         self._db.refresh()
-        return [(int(item), float(at)) for item, at in self._history_items(owner)]
+        return typed_history(self._history_items(owner))
 
     async def get_personal(self, owner: str) -> Personal:
         self._db.refresh()
         t = self.t
-        return Personal([(int(item), float(at)) for item, at in self._history_items(owner)],
+        return Personal(typed_history(self._history_items(owner)),
                         list(t["favourites"].get(owner, [])),
                         {int(k): v for k, v in t["carts"].get(owner, {}).items()},
                         dict(t["preferences"].get(owner, {})))
