@@ -186,6 +186,13 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
         check=("<=", 3.0), note=(f"{abuse['login_flood_refused']} of the real user's logins refused (503)"
                                  if abuse.get("login_flood_refused") else ""),
     ))
+    if abuse.get("trusted_flood_ms"):
+        rows.append(Row(
+            "trusted_flood_login_p99", "11b", "trusted user's login p99 (device token) during a flood ÷ idle",
+            "32 connections over 51 addresses, cost 12", "≤ 2, none refused",
+            Stat.of(_ratios([_p99(s) for s in abuse["trusted_flood_ms"]], [_p99(s) for s in abuse["trusted_idle_ms"]])),
+            check=("<=", 2.0), note=f"{abuse['trusted_refused']} of its logins refused" if abuse["trusted_refused"] else "",
+        ))
     rows.append(Row(
         "list_health_p99", "12", "GET /health p99 while 4 clients page /users/list ÷ idle", _users(big), "≤ 3",
         Stat.of(_ratios([r["p99_ms"] for r in abuse["list_busy"]], [r["p99_ms"] for r in abuse["list_idle"]])),

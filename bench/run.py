@@ -148,15 +148,26 @@ def _p99(samples: list[float]) -> float:
     return sorted(samples)[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else float("nan")
 
 
-def _flood(port: int, stop: threading.Event, answers: Counter[int], abandon: bool) -> None:
+FLOOD_ADDRESSES = [f"127.0.4.{i}" for i in range(1, 52)]  # row 11b: an attacker with 51 addresses
+
+
+def _flood(port: int, stop: threading.Event, answers: Counter[int], abandon: bool,
+           sources: list[str] | None = None, first: int = 0) -> None:
     """Log in with random usernames from 127.0.0.2 until ``stop``, on one kept-alive connection;
     ``abandon``: a new connection per request, closed as soon as the request is sent (paced, so
-    that sockets in TIME_WAIT do not use up the machine's ephemeral ports)."""
+    that sockets in TIME_WAIT do not use up the machine's ephemeral ports). ``sources``: rotate
+    over these addresses instead, a new connection every 5 requests."""
     conn: http.client.HTTPConnection | None = None
+    sent = first
     while not stop.is_set():
         body = json.dumps({"username": "x" + secrets.token_hex(6), "password": "guess-guess"})
+        if conn is not None and sources and sent % 5 == 0:
+            conn.close()
+            conn = None
+        sent += 1
         if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0))
+            source = sources[(sent // 5) % len(sources)] if sources else "127.0.0.2"
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
         try:
             conn.request("POST", "/users/login", body=body, headers={"Content-Type": "application/json"})
             if abandon:
@@ -444,6 +455,7 @@ class Bench:
         store, against idle. Budgets are off (start_ours): the flood reaches the hashing queue."""
         cfg = self.cfg
         out: dict[str, Any] = {"login_idle_ms": [], "login_flood_ms": [], "flood_answers": {},
+                               "trusted_idle_ms": [], "trusted_flood_ms": [], "trusted_refused": 0,
                                "list_idle": [], "list_busy": []}
         with self.ours(cfg.storm_size, rounds=12, storm_user=True) as srv:
             for _ in range(cfg.reps):
@@ -472,6 +484,7 @@ class Bench:
                 out["login_flood_ms"].append(samples)
                 for code, n in answers.items():
                     out["flood_answers"][str(code)] = out["flood_answers"].get(str(code), 0) + n
+            self.trusted_flood(srv, out)
         say(f"  real-user login p99 idle {[f'{_p99(s):.0f}' for s in out['login_idle_ms']]} ms, during the flood "
             f"{[f'{_p99(s):.0f}' for s in out['login_flood_ms']]} ms ({out.get('login_flood_refused', 0)} refused); "
             f"flood answers {out['flood_answers']}")
@@ -492,6 +505,45 @@ class Bench:
                     bg.kill()
         say(f"  {big:,} users: /health idle {_brief(out['list_idle'])}; while paging {_brief(out['list_busy'])}")
         return out
+
+    def trusted_flood(self, srv: Server, out: dict[str, Any]) -> None:
+        """Row 11b: the same user, from a browser that logged in before (its device token), while
+        32 connections rotating over 51 addresses flood /users/login; against its idle logins."""
+        cfg = self.cfg
+        status, answer = _json_post(srv.port, "/users/login", {"username": STORM_USER, "password": PASSWORD})
+        assert status == 200, answer
+        body = {"username": STORM_USER, "password": PASSWORD, "device_token": answer["device_token"]}
+
+        def trusted_login() -> int:
+            return _json_post(srv.port, "/users/login", body)[0]
+
+        for _ in range(cfg.reps):
+            out["trusted_idle_ms"].append(timed_ms(trusted_login, cfg.login_samples))
+            stop = threading.Event()
+            answers: Counter[int] = Counter()
+            flood = [threading.Thread(target=_flood, args=(srv.port, stop, answers, False, FLOOD_ADDRESSES, 5 * i))
+                     for i in range(32)]
+            for thread in flood:
+                thread.start()
+            try:
+                time.sleep(cfg.storm_margin)
+                samples: list[float] = []
+                end = time.monotonic() + cfg.duration
+                while (time.monotonic() < end or len(samples) < cfg.login_samples) and time.monotonic() < end + 60:
+                    started = time.perf_counter()
+                    if trusted_login() == 200:
+                        samples.append((time.perf_counter() - started) * 1000)
+                    else:
+                        out["trusted_refused"] += 1
+                        time.sleep(0.2)
+            finally:
+                stop.set()
+                for thread in flood:
+                    thread.join()
+            out["trusted_flood_ms"].append(samples)
+        say(f"  trusted login p99 idle {[f'{_p99(s):.0f}' for s in out['trusted_idle_ms']]} ms, during a flood "
+            f"from 51 addresses {[f'{_p99(s):.0f}' for s in out['trusted_flood_ms']]} ms "
+            f"({out['trusted_refused']} refused)")
 
     def register(self) -> dict[str, Any]:
         """32 clients registering new users, small store vs large, interleaved; fresh stores every repetition."""

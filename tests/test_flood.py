@@ -163,3 +163,81 @@ def test_clients_ignoring_retry_after_are_refused_about_once_a_second(tmp_path: 
         assert code == 200 and took < 2, (code, took)
         assert answers.count(401) <= 5 and set(answers) <= {401, 429}, answers
         assert 6 <= answers.count(429) <= 6 * (6 + 2), len(answers)
+
+
+def abandoned_guess(server: Server, address: str, username: str) -> None:
+    """A wrong-password login for ``username``, sent whole and abandoned at once."""
+    body = f'{{"username": "{username}", "password": "wrong-guess"}}'.encode()
+    request = (f"POST /users/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", server.port), source_address=(address, 0)) as sock:
+        sock.sendall(request)
+
+
+def test_abandoned_guesses_lock_nothing(tmp_path: Path) -> None:
+    """40 wrong-password logins for the owner from one address, each abandoned while the hashing
+    queue is busy: none was checked, so none counts, and the owner on that same address (no
+    device token) still logs in. Counting them (the old design) locked the pair after 3."""
+    with Server(tmp_path / "users.json", BCRYPT_ROUNDS=None, HASH_QUEUE_MAX_WAIT_SECONDS="0",
+                LOGIN_MAX_FAILURES="3", LOGIN_MAX_FAILURES_PER_ACCOUNT="5") as server:
+        with client_from(server, "127.0.0.1", timeout=30) as owner:
+            assert owner.post("/users/register", json=credentials("owner")).status_code == 201
+            busy = [threading.Thread(target=lambda i=i: owner.post("/users/register", json=credentials(f"filler{i}")))
+                    for i in range(4)]  # four hashes in the queue while the guesses arrive
+            for thread in busy:
+                thread.start()
+            for _ in range(40):
+                abandoned_guess(server, "127.0.0.3", "owner")
+            for thread in busy:
+                thread.join(30)
+        time.sleep(1)  # every abandoned request has seen its client go
+        with client_from(server, "127.0.0.3", timeout=10) as same_address:
+            answer = same_address.post("/users/login", json=credentials("owner"))
+        assert answer.status_code == 200, answer.text
+
+
+def test_a_distributed_flood_never_refuses_a_trusted_user(tmp_path: Path) -> None:
+    """16 connections rotating over 51 loopback addresses guess random names and the owner's
+    password at cost 12 (the account is soon past its limit, the queue full); the owner, from a
+    browser that logged in before (its device token), logs in every 0.5 s: 200 every time."""
+    addresses = [f"127.0.3.{i}" for i in range(1, 52)]
+    with Server(tmp_path / "users.json", BCRYPT_ROUNDS=None, EARLY_RETRY_DELAY_SECONDS=None,  # the defaults,
+                LOGIN_MAX_FAILURES_PER_ACCOUNT="5") as server:  # but an account past its limit within seconds
+        with client_from(server, "127.0.0.1", timeout=30) as owner:
+            assert owner.post("/users/register", json=credentials("owner")).status_code == 201
+            device = owner.post("/users/login", json=credentials("owner")).json()["device_token"]
+        stop = threading.Event()
+        flood_answers: list[int] = []
+
+        def guess(n: int) -> None:
+            turn = n
+            while not stop.is_set():
+                turn += 16
+                name = "owner" if turn % 2 else uuid.uuid4().hex[:12]
+                with client_from(server, addresses[turn % len(addresses)], timeout=30) as attacker:
+                    for _ in range(5):  # a few requests per connection, then another address
+                        if stop.is_set():
+                            break
+                        body = {"username": name, "password": "wrong-guess"}
+                        flood_answers.append(attacker.post("/users/login", json=body).status_code)
+
+        threads = [threading.Thread(target=guess, args=(n,)) for n in range(16)]
+        for thread in threads:
+            thread.start()
+        logins: list[tuple[int, float]] = []
+        try:
+            time.sleep(1.5)  # the flood is in full swing
+            with client_from(server, "127.0.0.1", timeout=MAX_WAIT + 1) as owner:
+                deadline = time.monotonic() + 9
+                while time.monotonic() < deadline:
+                    started = time.monotonic()
+                    response = owner.post("/users/login", json={**credentials("owner"), "device_token": device})
+                    logins.append((response.status_code, time.monotonic() - started))
+                    time.sleep(0.5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert len(logins) >= 5 and all(code == 200 for code, _ in logins), logins
+        assert 429 in flood_answers, "the flood never took the account past its limit"
+        assert set(flood_answers) <= {401, 429, 503}, set(flood_answers)
