@@ -8,7 +8,11 @@ import { solveChallenge, solveChallengeWorkers } from "altcha-lib/v1";
 const MAX_WORKERS = 4;
 
 function newWorker() {
-  return new Worker(new URL("./altcha.worker.js", import.meta.url), { type: "module" });
+  const worker = new Worker(new URL("./altcha.worker.js", import.meta.url), { type: "module" });
+  // altcha-lib waits for each worker's answer only: one that fails to load or throws answers
+  // "no solution" instead of leaving the search (and the page's "Checking your browser…") hanging.
+  worker.addEventListener("error", () => worker.dispatchEvent(new MessageEvent("message", { data: null })));
+  return worker;
 }
 
 /** The number that solves `challenge` (an ALTCHA v1 challenge as the server sends it), or null. */

@@ -105,18 +105,21 @@ def test_tampered_token_is_rejected_on_reload(page: Page, server: Server) -> Non
     expect(page.get_by_text(LOGGED_OUT_TEXT)).to_be_visible()
     stored = storage(page)
     assert stored["jwt"] is None and stored["refresh_token"] is None
-    # The visitor can still shop anonymously.
+    # The visitor can still browse (no token yet) and shop anonymously.
     catalogue_loaded(page)
+    expect(page.get_by_test_id("greeting")).to_contain_text("Hello, visitor!")
+    shop(page, 2)
     expect(page.get_by_test_id("greeting")).to_contain_text("anonymous visitor")
 
 
 def test_anonymous_cart_moves_into_the_account(page: Page, server: Server) -> None:
     page.goto("/")
     catalogue_loaded(page)
-    expect(page.get_by_test_id("greeting")).to_contain_text("anonymous visitor")
+    expect(page.get_by_test_id("greeting")).to_contain_text("Hello, visitor!")  # no token yet
     expect(page.get_by_test_id("cart-empty")).to_be_visible()
 
     shop(page, 1, 3, 1)  # the cart is checked after each click: {1: 1}, {1: 1, 3: 1}, {1: 2, 3: 1}
+    expect(page.get_by_test_id("greeting")).to_contain_text("anonymous visitor")
     anonymous = storage(page)["anonymous_token"]
     assert anonymous
 
