@@ -5,6 +5,13 @@ Each check runs where it costs least, cheapest first, so a refused request costs
 the client address's budget (memory), then the hashing queue's bound (memory), then the
 lockout (a store transaction), and only then a bcrypt hash. The routes in ``routers/users.py``
 stay a few lines each and map these functions' answers to HTTP.
+
+No limit here lets a stranger keep the owner out (trust.py). A login that carries a device token
+the account was given before is *trusted*: no address budget or account limit refuses it, it has
+its own failure count instead, and it hashes first. Anyone else is counted per (name, address)
+and per name; past the name's limit, or when the hashing queue is long, they are asked to solve a
+proof-of-work challenge (``challenge_required``), which admits them. A failure counts only once
+a password was actually checked: an attempt shed or abandoned before its hash is given back.
 """
 
 import time
@@ -15,17 +22,23 @@ from typing import TypeVar
 
 from fastapi import HTTPException, status
 
-from admission import ClientGone, Overloaded, Watch
+from admission import OTHER, SOLVED, TRUSTED, ClientGone, Overloaded, Watch
 from authentication import AuthHandler
-from deps import Identity, service_unavailable, too_many_requests
+from deps import Identity, challenge_required, service_unavailable, too_many_requests
 from ratelimit import RateLimiter
 from settings import Settings
-from store import Lockout, RateLimited, Store, UnknownOwner, User, UsernameTaken
+from store import Attempt, ChallengeRequired, Device, Lockout, RateLimited, Store, UnknownOwner, User, UsernameTaken
+from trust import Trust
 
 T = TypeVar("T")
 INVALID_LOGIN = "Invalid username and/or password"
-LOCKED_OUT = "Too many failed login attempts; try again later"
+LOCKED_OUT = "Too many failed login attempts from this address; try again later"
 BUSY = "Too many logins and registrations in progress; try again shortly"
+SOLVE = "solve a challenge (GET /challenge) and send its solution as `altcha`"
+ACCOUNT_CHALLENGE = f"Too many failed logins for this account; {SOLVE}"
+BUSY_CHALLENGE = f"Too many logins in progress; {SOLVE}, or try again shortly"
+BAD_SOLUTION = "The challenge solution is invalid, expired or already used; solve a new one (GET /challenge)"
+LOGIN_BUDGET = "Too many login attempts from this address; try again later"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +51,19 @@ class Caller:
 
 
 @dataclass(frozen=True, slots=True)
+class Proof:
+    """What a login may carry besides the password (trust.py)."""
+
+    device_token: str | None = None
+    altcha: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LoggedIn:
     user: User
     session_id: str
     refresh_jti: str
+    device_token: str
 
 
 def lockout_rules(settings: Settings) -> Lockout:
@@ -56,26 +78,38 @@ def _budget(limiter: RateLimiter, kind: str, caller: Caller, detail: str) -> Non
         raise too_many_requests(detail, exc.retry_after) from None
 
 
-async def _hashing(job: Callable[[], Awaitable[T]]) -> T:
+async def solved(payload: str | None, trust: Trust, store: Store) -> bool:
+    """Whether ``payload`` solves a challenge of ours that nobody has used yet (spending it)."""
+    solution = trust.verify(payload)
+    return solution is not None and await store.spend_once(solution.key, solution.expires_at)
+
+
+def _busy(exc: Overloaded, priority: int | None) -> HTTPException:
+    """The 503 of a full hashing queue; an unproven login (``OTHER``, the class shed first) is
+    told that a solved challenge would get it in."""
+    if priority == OTHER:
+        return challenge_required(status.HTTP_503_SERVICE_UNAVAILABLE, BUSY_CHALLENGE, exc.retry_after)
+    return service_unavailable(BUSY, exc.retry_after)
+
+
+async def _hashing(job: Callable[[], Awaitable[T]], login_priority: int | None = None) -> T:
     """Run a password job; a refused one is a 503 with ``Retry-After``."""
     try:
         return await job()
     except Overloaded as exc:
-        raise service_unavailable(BUSY, exc.retry_after) from None
+        raise _busy(exc, login_priority) from None
     except ClientGone:  # nobody reads this answer; it only ends the request (not paced: no Retry-After)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Client disconnected") from None
 
 
-async def _begin(username: str, caller: Caller, store: Store, auth: AuthHandler, settings: Settings) -> float:
-    """Admission to hashing, then the lockout's count (``store.begin_login``): 503 or 429."""
+async def _checked(attempt: Attempt, store: Store, job: Callable[[], Awaitable[T]], priority: int | None) -> T:
+    """``_hashing``, giving the attempt back when the password was never checked (shed, the
+    client left, the request cancelled): only a checked password counts as a failure."""
     try:
-        auth.hashing.admit(caller.client)  # before the lockout's store write: a 503 costs nothing
-    except Overloaded as exc:
-        raise service_unavailable(BUSY, exc.retry_after) from None
-    try:
-        return await store.begin_login(username, caller.client, lockout_rules(settings))
-    except RateLimited as exc:
-        raise too_many_requests(LOCKED_OUT, exc.retry_after) from None
+        return await _hashing(job, priority)
+    except BaseException:
+        await store.give_back(attempt)
+        raise
 
 
 async def register(username: str, password: str, caller: Caller, store: Store, auth: AuthHandler,
@@ -92,51 +126,89 @@ async def register(username: str, password: str, caller: Caller, store: Store, a
         raise HTTPException(status.HTTP_409_CONFLICT, "Username already taken") from None
 
 
-async def login(username: str, password: str, caller: Caller, store: Store, auth: AuthHandler,
-                limiter: RateLimiter, settings: Settings) -> LoggedIn:
-    """Check the password and start a login session. 429 over the address's budget or while
-    locked out, 503 when the hashing queue is full, 401 for a wrong or unknown name or password
-    (same answer, same time)."""
-    _budget(limiter, "login", caller, "Too many login attempts from this address; try again later")
-    attempt = await _begin(username, caller, store, auth, settings)
+async def login(username: str, password: str, caller: Caller, proof: Proof, store: Store, auth: AuthHandler,
+                trust: Trust, limiter: RateLimiter, settings: Settings) -> LoggedIn:
+    """Check the password and start a login session; the answer carries a device token (the
+    same one for a trusted login). 429 over the address's budget, while this address is locked
+    out for the name, or (``challenge_required``) past the name's limit without a solution; 503
+    when the hashing queue is full; 401 for a wrong or unknown name or password (same answer,
+    same time)."""
     user = await store.find_user(username)
-    verified, rehash = await _hashing(lambda: auth.check_password(  # always hashes
-        password, user.password if user else None, caller.client, caller.watch))
+    device = trust.device_key_for(proof.device_token, user.id) if user else None  # forged ones: None, no I/O
+    if device is None:
+        _budget(limiter, "login", caller, LOGIN_BUDGET)
+    proven = bool(proof.altcha) and await solved(proof.altcha, trust, store)
+    priority = TRUSTED if device else SOLVED if proven else OTHER
+    try:
+        auth.hashing.admit(caller.client, priority)  # before the lockout's store write: a 503 costs nothing
+    except Overloaded as exc:
+        raise _busy(exc, priority) from None
+    name_key = trust.name_key(username)
+    try:
+        attempt = await store.begin_login(name_key, caller.client, lockout_rules(settings),
+                                          user_id=user.id if user else None, device=device, proven=proven)
+    except ChallengeRequired as exc:
+        raise challenge_required(status.HTTP_429_TOO_MANY_REQUESTS, BAD_SOLUTION if proof.altcha else ACCOUNT_CHALLENGE,
+                                 exc.retry_after) from None
+    except RateLimited as exc:
+        raise too_many_requests(LOCKED_OUT, exc.retry_after) from None
+    if device is not None and attempt.device is None:  # revoked, expired or over its own limit: untrusted
+        priority = SOLVED if proven else OTHER
+        try:
+            _budget(limiter, "login", caller, LOGIN_BUDGET)
+        except HTTPException:
+            await store.give_back(attempt)
+            raise
+    verified, rehash = await _checked(attempt, store, lambda: auth.check_password(  # always hashes
+        password, user.password if user else None, caller.client, caller.watch, priority), priority)
     if user is None or not verified:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN)
     if rehash:  # BCRYPT_ROUNDS changed, or a hash of the un-normalised password: one cost, one form
         try:
-            await store.set_password(user.id, await auth.get_password_hash(password, caller.client))
+            await store.set_password(user.id, await auth.get_password_hash(password, caller.client, priority=priority))
         except (Overloaded, ClientGone):
             pass  # the next login rehashes
+    if attempt.device is not None and proof.device_token:
+        device_token, new_device = proof.device_token, None
+    else:
+        device_token, key = trust.issue_device(user.id)
+        new_device = Device(key, time.time() + trust.device_seconds)
     jti = uuid.uuid4().hex
     try:
-        session_id = await store.complete_login(user, caller.client, attempt, jti, time.time() + auth.refresh_seconds,
-                                                merge_from=caller.anonymous)
+        session_id = await store.complete_login(user, attempt, jti, time.time() + auth.refresh_seconds,
+                                                merge_from=caller.anonymous, new_device=new_device)
     except UnknownOwner:  # deleted while its password was being checked
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN) from None
-    return LoggedIn(user, session_id, jti)
+    return LoggedIn(user, session_id, jti, device_token)
 
 
 async def reauthenticate(identity: Identity, password: str, caller: Caller, store: Store, auth: AuthHandler,
-                         settings: Settings) -> User:
-    """The caller's account if ``password`` is its password. Counted by the login lockout like a
-    login (401 on a wrong password, 429 once locked out); on success the count is taken back."""
+                         trust: Trust, settings: Settings) -> User:
+    """The caller's account if ``password`` is its password. The caller is signed in, so it is
+    trusted like a known device (hashes first, no challenge for the account's limit), but each
+    wrong guess counts per (name, address) like a failed login: 401, then 429 once that pair is
+    locked out; on success the count is taken back."""
     username = identity.username or ""
-    attempt = await _begin(username, caller, store, auth, settings)
+    try:
+        auth.hashing.admit(caller.client, TRUSTED)
+        attempt = await store.begin_login(trust.name_key(username), caller.client, lockout_rules(settings), proven=True)
+    except Overloaded as exc:
+        raise service_unavailable(BUSY, exc.retry_after) from None
+    except RateLimited as exc:
+        raise too_many_requests(LOCKED_OUT, exc.retry_after) from None
     user = await store.get_user(identity.id)
-    verified, _ = await _hashing(lambda: auth.check_password(
-        password, user.password if user else None, caller.client, caller.watch))
+    verified, _ = await _checked(attempt, store, lambda: auth.check_password(
+        password, user.password if user else None, caller.client, caller.watch, TRUSTED), TRUSTED)
     if user is None or not verified:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN)
-    await store.reset_login_failures(username, caller.client, attempt)
+    await store.reset_login_failures(attempt)
     return user
 
 
 async def change_password(identity: Identity, current: str, new: str, caller: Caller, store: Store,
-                          auth: AuthHandler, settings: Settings) -> bool:
+                          auth: AuthHandler, trust: Trust, settings: Settings) -> bool:
     """Check ``current``, then set ``new``: every other login session of the account ends, the
-    caller's stays. False if the account is gone meanwhile."""
-    await reauthenticate(identity, current, caller, store, auth, settings)
-    hashed = await _hashing(lambda: auth.get_password_hash(new, caller.client, caller.watch))
+    caller's stays, and every device token is revoked. False if the account is gone meanwhile."""
+    await reauthenticate(identity, current, caller, store, auth, trust, settings)
+    hashed = await _hashing(lambda: auth.get_password_hash(new, caller.client, caller.watch, TRUSTED))
     return await store.change_password(identity.id, hashed, keep_session=identity.session_id)

@@ -19,8 +19,13 @@ real one wait 11 s. The gate fixes the three ways that goes wrong:
   after one more of the flood's (which a plain round-robin over addresses does, costing the real
   user up to three hashes instead of two). Tags alone would let a stream of new addresses overtake
   a waiting job for ever, so the oldest waiting job is passed over at most once per slot. A job
-  whose client left gives its tag back. A flood from many addresses shares the same bound as
-  everyone else.
+  whose client left gives its tag back.
+- **Who goes first under a flood.** Fair queueing per address cannot protect a real user from an
+  attacker with many addresses. So jobs come in three classes (``TRUSTED``: a login from a device
+  the account used before, or a re-authentication by a signed-in user; ``SOLVED``: a login that
+  carries a solved proof-of-work challenge; ``OTHER``) and an earlier class always goes first.
+  The bound is computed per class, so when the queue is long it is the unproven attempts that
+  are refused, with a hint that solving a challenge would get them in (trust.py).
 
 Everything here runs on the event loop (no locks): the counters change only between awaits.
 """
@@ -51,13 +56,16 @@ class ClientGone(Exception):
     """The client disconnected before its turn came: nothing was hashed."""
 
 
+TRUSTED, SOLVED, OTHER = 0, 1, 2  # priority classes: a device the owner used before, a solved challenge, the rest
+
+
 class _Job:
-    """A waiting request: its fair-queueing tag, its arrival number and the future that grants it."""
+    """A waiting request: its class, fair-queueing tag, arrival number and the future that grants it."""
 
-    __slots__ = ("client", "seq", "tag", "turn")
+    __slots__ = ("client", "priority", "seq", "tag", "turn")
 
-    def __init__(self, tag: int, seq: int, client: str, turn: "asyncio.Future[None]") -> None:
-        self.tag, self.seq, self.client, self.turn = tag, seq, client, turn
+    def __init__(self, priority: int, tag: int, seq: int, client: str, turn: "asyncio.Future[None]") -> None:
+        self.priority, self.tag, self.seq, self.client, self.turn = priority, tag, seq, client, turn
 
 
 class HashGate:
@@ -68,38 +76,47 @@ class HashGate:
         self._free = slots
         self.max_wait = max_wait
         self.seconds_per_job = seconds_per_job
-        # Start-time fair queueing: a job's tag is max(virtual time, its client's next tag); the
-        # virtual time is the tag of the job granted last. Lowest tag first, ties in arrival order.
+        # Start-time fair queueing within a class: a job's tag is max(virtual time, its client's
+        # next tag); the virtual time is the tag of the job granted last. Lower class first, then
+        # lowest tag, ties in arrival order.
         self._virtual = 0
         self._next_tag: dict[str, int] = {}  # per client: the tag after its last job
         self._seq = itertools.count()
-        self._queue: list[tuple[int, int, _Job]] = []  # heap by (tag, seq); granted or gone ones skipped
-        self._arrivals: deque[_Job] = deque()  # the same jobs in arrival order, skipped the same way
+        self._queue: list[tuple[int, int, int, _Job]] = []  # heap by (class, tag, seq); granted or gone ones skipped
+        self._arrivals: tuple[deque[_Job], ...] = (deque(), deque(), deque())  # per class, in arrival order
         self._live = 0  # jobs waiting
         self._oldest: _Job | None = None
-        self._overtaken = 0  # how often the oldest waiting job has been passed over by later ones
+        self._overtaken = 0  # how often the oldest waiting job of the first class has been passed over
+
+    @property
+    def waiting(self) -> int:
+        return self._live
 
     def _tag(self, client: str) -> int:
         return max(self._virtual, self._next_tag.get(client, 0))
 
-    def expected_wait(self, client: str) -> float:
-        """Seconds a new job from ``client`` would wait for a slot: the jobs tagged before it."""
+    def expected_wait(self, client: str, priority: int = OTHER) -> float:
+        """Seconds a new job of class ``priority`` from ``client`` would wait for a slot: the
+        jobs of earlier classes, and those of its own class tagged before it."""
         if self._free:
             return 0.0
         tag = self._tag(client)
-        ahead = sum(1 for job in self._arrivals if job.tag <= tag and not job.turn.done())
+        ahead = sum(1 for p in range(priority + 1) for job in self._arrivals[p]
+                    if (p < priority or job.tag <= tag) and not job.turn.done())
         return (ahead // self._slots + 1) * self.seconds_per_job  # +1: the jobs running now
 
-    def admit(self, client: str) -> None:
+    def admit(self, client: str, priority: int = OTHER) -> None:
         """Raise ``Overloaded`` if a job from ``client`` would now wait longer than ``max_wait``:
-        callers check before work that should not be done for a refused request."""
-        if self.max_wait and (wait := self.expected_wait(client)) > self.max_wait:
+        callers check before work that should not be done for a refused request. Trusted and
+        solved jobs go before the rest, so under a flood the rest are the ones shed."""
+        if self.max_wait and (wait := self.expected_wait(client, priority)) > self.max_wait:
             raise Overloaded(wait - self.max_wait)
 
-    async def run(self, client: str, watch: Watch | None, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, client: str, watch: Watch | None, fn: Callable[..., T], *args: Any,
+                  priority: int = OTHER) -> T:
         """Run ``fn(*args)`` in the executor once a slot is free; see the module docstring."""
-        self.admit(client)
-        await self._acquire(client, watch)
+        self.admit(client, priority)
+        await self._acquire(client, watch, priority)
         try:
             started = time.perf_counter()
             result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -109,7 +126,7 @@ class HashGate:
         finally:
             self._release()
 
-    async def _acquire(self, client: str, watch: Watch | None) -> None:
+    async def _acquire(self, client: str, watch: Watch | None, priority: int) -> None:
         watcher = asyncio.ensure_future(watch()) if watch is not None else None
         tag = self._tag(client)
         self._next_tag[client] = tag + 1
@@ -128,7 +145,7 @@ class HashGate:
                         self._release()
                         raise
             else:
-                granted = await self._wait_turn(client, tag, watcher)
+                granted = await self._wait_turn(client, priority, tag, watcher)
             if watcher is not None and watcher.done():
                 if granted:
                     self._release()  # the turn came as the client left: pass it on
@@ -139,11 +156,11 @@ class HashGate:
                 if watcher.done() and not watcher.cancelled():
                     watcher.exception()  # retrieved: a failing receive() means gone, nothing to log
 
-    async def _wait_turn(self, client: str, tag: int, watcher: "asyncio.Future[Any] | None") -> bool:
+    async def _wait_turn(self, client: str, priority: int, tag: int, watcher: "asyncio.Future[Any] | None") -> bool:
         """Queue for a slot until it is handed over (True) or the client goes (False)."""
-        job = _Job(tag, next(self._seq), client, asyncio.get_running_loop().create_future())
-        heapq.heappush(self._queue, (tag, job.seq, job))
-        self._arrivals.append(job)
+        job = _Job(priority, tag, next(self._seq), client, asyncio.get_running_loop().create_future())
+        heapq.heappush(self._queue, (priority, tag, job.seq, job))
+        self._arrivals[priority].append(job)
         self._live += 1
         try:
             await asyncio.wait({job.turn} if watcher is None else {job.turn, watcher},
@@ -166,29 +183,32 @@ class HashGate:
         if self._next_tag.get(job.client) == job.tag + 1:
             self._next_tag[job.client] = job.tag
         if len(self._queue) > 2 * self._live + 64:  # mostly left-behind entries: rebuild
-            self._arrivals = deque(j for j in self._arrivals if not j.turn.done())
-            self._queue = [(j.tag, j.seq, j) for j in self._arrivals]
+            self._arrivals = tuple(deque(j for j in jobs if not j.turn.done()) for jobs in self._arrivals)
+            self._queue = [(j.priority, j.tag, j.seq, j) for jobs in self._arrivals for j in jobs]
             heapq.heapify(self._queue)
 
     def _release(self) -> None:
-        """Hand the slot to the waiting job with the lowest tag, or free it. Fairness by tags alone
-        would let a stream of newly arriving addresses overtake a waiting job for ever (each comes
-        in at the virtual time); so the oldest waiting job is passed over at most ``slots`` times,
-        about one hash, and then goes next."""
-        while self._arrivals and self._arrivals[0].turn.done():
-            self._arrivals.popleft()
-        if not self._arrivals:
+        """Hand the slot to the waiting job of the first class with the lowest tag, or free it.
+        Fairness by tags alone would let a stream of newly arriving addresses overtake a waiting
+        job for ever (each comes in at the virtual time); so the oldest waiting job of that class
+        is passed over at most ``slots`` times, about one hash, and then goes next. A later class
+        waits for the earlier ones: that is what the classes are for."""
+        for jobs in self._arrivals:
+            while jobs and jobs[0].turn.done():
+                jobs.popleft()
+        first = next((jobs for jobs in self._arrivals if jobs), None)
+        if first is None:
             self._queue.clear()  # only left-behind entries
             self._free += 1
             self._next_tag.clear()  # nobody waits: every client starts level again
             return
-        oldest = self._arrivals[0]
+        oldest = first[0]
         if oldest is not self._oldest:
             self._oldest, self._overtaken = oldest, 0
         if self._overtaken >= self._slots:
             job = oldest
         else:
-            while (job := heapq.heappop(self._queue)[2]).turn.done():
+            while (job := heapq.heappop(self._queue)[3]).turn.done():
                 pass
         if job is not oldest:
             self._overtaken += 1

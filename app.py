@@ -31,6 +31,7 @@ from routers import anonymous, personal, shop, users
 from security_headers import SecurityHeaders, build_headers
 from settings import Settings
 from store import Store, StoreError, StoreUnavailable, build_store
+from trust import Trust
 
 log = logging.getLogger("uvicorn.error")
 MAX_HEADER_BYTES = 16 * 1024
@@ -38,7 +39,7 @@ MAINTENANCE_SECONDS = 3600
 SHARE_COUNTS_SECONDS = 1.0
 VIEW_FLUSH_SECONDS = 1.0  # views are written at most this often per worker (store.py: record_view)
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
-TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login")  # answers that carry a token
+TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login", "/challenge")  # answers never to cache
 
 
 async def _maintain(store: Store, settings: Settings) -> None:
@@ -81,6 +82,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.hash_queue_max_wait_seconds)
     limiter = _limiter(store, settings)
     app.state.store, app.state.auth, app.state.limiter = store, auth, limiter
+    app.state.trust = Trust(secret, settings.device_token_days, settings.challenge_expire_seconds,
+                            settings.challenge_max_number)
     app.state.early_retries = EarlyRetries(settings.early_retry_delay_seconds)
     await _maintain(store, settings)
     tasks = [asyncio.create_task(_periodically(MAINTENANCE_SECONDS, lambda: _maintain(store, settings),
@@ -119,8 +122,20 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
+def _utf16_or_32(start: bytes) -> bool:
+    """A body that ``json.loads`` would decode as UTF-16 or UTF-32 (it guesses from a byte-order
+    mark or from NULs in the first bytes): JSON in UTF-8 never starts with either."""
+    return start[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\0" in start[:4]
+
+
+NOT_UTF8 = RequestValidationError([{"loc": ("body", 0), "type": "json_invalid",
+                                    "msg": "The body is not valid UTF-8 (it is UTF-16 or UTF-32): send JSON encoded "
+                                           "as UTF-8"}])
+
+
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413 before they are buffered."""
+    """Refuse request bodies over ``max_bytes`` with 413 before they are buffered, and bodies in
+    UTF-16 or UTF-32 with the 422 a body that is not UTF-8 gets (``http_error``)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -136,7 +151,10 @@ class BodyLimit:
         async def limited() -> Message:
             nonlocal seen
             message = await receive()
-            seen += len(message.get("body", b""))
+            body = message.get("body", b"")
+            if not seen and body and _utf16_or_32(body):
+                raise NOT_UTF8
+            seen += len(body)
             if seen > self.max_bytes:
                 raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "Request body too large")
             return message
@@ -190,9 +208,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     that came back too early is answered no sooner than that (``admission.EarlyRetries``)."""
     assert isinstance(exc, StarletteHTTPException)  # FastAPI raises Starlette's for this one
     await _pace_refusal(request, exc.status_code, exc.detail, exc.headers)
+    if getattr(exc, "challenge_required", False):
+        return JSONResponse({"detail": exc.detail, "challenge_required": True}, exc.status_code, headers=exc.headers)
     cause = exc.__cause__
     if exc.status_code != status.HTTP_400_BAD_REQUEST or exc.detail != BODY_PARSE_ERROR or cause is None:
         return await http_exception_handler(request, exc)
+    if isinstance(cause, RequestValidationError):  # BodyLimit's UTF-16/32 refusal, raised while FastAPI read
+        return await validation_error(request, cause)
     if isinstance(cause, UnicodeDecodeError):
         error = {"loc": ["body", cause.start], "type": "json_invalid",
                  "msg": f"The body is not valid UTF-8 (byte {cause.start}): send JSON encoded as UTF-8"}

@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 from passlib.context import CryptContext
 
-from admission import ClientGone, HashGate, Overloaded, Watch
+from admission import OTHER, ClientGone, HashGate, Overloaded, Watch
 from models import normalize_password
 
 __all__ = ["ALGORITHM", "ANONYMOUS_PREFIX", "AuthHandler", "ClientGone", "Overloaded", "TokenError"]
@@ -66,29 +66,32 @@ class AuthHandler:
 
     # -- passwords -----------------------------------------------------------------------------
 
-    async def get_password_hash(self, password: str, client: str = "", watch: Watch | None = None) -> str:
+    async def get_password_hash(self, password: str, client: str = "", watch: Watch | None = None,
+                                priority: int = OTHER) -> str:
         """The hash of the NFKC form of ``password`` (``models.normalize_password``), in the pool,
-        admitted by ``hashing`` (``client``'s queue; ``watch`` returns once the client has gone):
-        raises ``Overloaded`` or ``ClientGone`` instead of hashing."""
-        return await self.hashing.run(client, watch, self.pwd_context.hash, normalize_password(password))
+        admitted by ``hashing`` (``client``'s queue in class ``priority``; ``watch`` returns once
+        the client has gone): raises ``Overloaded`` or ``ClientGone`` instead of hashing."""
+        return await self.hashing.run(client, watch, self.pwd_context.hash, normalize_password(password),
+                                      priority=priority)
 
     async def verify_password(self, password: str, hashed: str | None, client: str = "",
-                              watch: Watch | None = None) -> bool:
+                              watch: Watch | None = None, priority: int = OTHER) -> bool:
         """Check ``password``; with no hash (unknown user) check a dummy one, so both cases take
         the same time and the response does not reveal which usernames exist. Admitted like
         ``get_password_hash``."""
-        ok = await self.hashing.run(client, watch, self._verify, password, hashed or self._dummy_hash)
+        ok = await self.hashing.run(client, watch, self._verify, password, hashed or self._dummy_hash,
+                                    priority=priority)
         return ok and hashed is not None
 
     async def check_password(self, password: str, hashed: str | None, client: str = "",
-                             watch: Watch | None = None) -> tuple[bool, bool]:
+                             watch: Watch | None = None, priority: int = OTHER) -> tuple[bool, bool]:
         """(verified, rehash): ``verify_password`` on the NFKC form, and for a hash made before
         passwords were normalised, on the password as typed; such a match (or a hash at another
         cost) asks for a rehash. Unknown users try the dummy hash the same way: same timing."""
         normalized = normalize_password(password)
-        if await self.verify_password(normalized, hashed, client, watch):
+        if await self.verify_password(normalized, hashed, client, watch, priority):
             return True, self.needs_rehash(hashed or "")
-        if normalized != password and await self.verify_password(password, hashed, client, watch):
+        if normalized != password and await self.verify_password(password, hashed, client, watch, priority):
             return True, True
         return False, False
 

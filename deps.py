@@ -23,6 +23,7 @@ from models import Message
 from ratelimit import RateLimiter
 from settings import Settings
 from store import Store
+from trust import Trust
 
 BEARER_DESCRIPTION = "`token` from `POST /users/login`, or `access_token` from `POST /anonymous-login`."
 
@@ -50,6 +51,17 @@ def too_many_requests(detail: str, retry_after: int) -> HTTPException:
 
 def service_unavailable(detail: str, retry_after: int) -> HTTPException:
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": str(retry_after)})
+
+
+class ChallengeNeeded(HTTPException):
+    """A 429 or 503 that a solved proof-of-work challenge would have avoided (trust.py): its body
+    says so with ``"challenge_required": true`` (app.http_error)."""
+
+    challenge_required = True
+
+
+def challenge_required(status_code: int, detail: str, retry_after: int) -> HTTPException:
+    return ChallengeNeeded(status_code, detail, headers={"Retry-After": str(retry_after)})
 
 
 UNPARSEABLE_CLIENT = "unparseable"  # the one bucket of every client address that is not an IP address
@@ -99,10 +111,15 @@ async def get_limiter(request: Request) -> RateLimiter:
     return request.app.state.limiter
 
 
+async def get_trust(request: Request) -> Trust:
+    return request.app.state.trust
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
 AuthDep = Annotated[AuthHandler, Depends(get_auth)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
+TrustDep = Annotated[Trust, Depends(get_trust)]
 ClientAddress = Annotated[str, Depends(client_address)]
 
 
@@ -126,17 +143,21 @@ class _Bearer(HTTPBearer):
 
 
 class BearerIdentity(_Bearer):
-    def __init__(self, registered_only: bool) -> None:
+    def __init__(self, registered_only: bool, optional: bool = False) -> None:
+        """``optional``: no ``Authorization`` header is ``None`` (a bad token is still a 401)."""
         super().__init__()
         self.registered_only = registered_only
+        self.optional = optional
 
-    async def __call__(self, request: Request) -> Identity:  # type: ignore[override]
+    async def __call__(self, request: Request) -> Identity | None:  # type: ignore[override]
         return await self.identify(request.scope)
 
-    async def identify(self, scope: Scope) -> Identity:
+    async def identify(self, scope: Scope) -> Identity | None:
         """The caller, found once per request (kept in the scope), then this check's own rule."""
         identity: Identity | None = scope.get(IDENTITY_KEY)
         if identity is None:
+            if self.optional and _bearer_token(scope) is None:
+                return None
             identity = scope[IDENTITY_KEY] = await _identify(scope)
         if self.registered_only and identity.anonymous:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "Registered account required")
@@ -226,7 +247,7 @@ class IdentityRoute(DeclaredRoute):
         async def call(**values: Any) -> Any:
             request: Request = values[request_name] if keep_request else values.pop(request_name)
             for name in named:
-                values[name] = request.scope[IDENTITY_KEY]  # handle() has run every check
+                values[name] = request.scope.get(IDENTITY_KEY)  # handle() has run every check
             return await endpoint(**values)
 
         self.dependant = replace(whole, call=call, request_param_name=request_name,
@@ -251,6 +272,7 @@ class IdentityRoute(DeclaredRoute):
 
 CurrentIdentity = Annotated[Identity, Security(BearerIdentity(registered_only=False))]
 CurrentUser = Annotated[Identity, Security(BearerIdentity(registered_only=True))]
+OptionalIdentity = Annotated[Identity | None, Security(BearerIdentity(registered_only=False, optional=True))]
 OptionalAnonymous = Annotated[str | None, Security(AnonymousVisitor())]
 
 # Every route: app.HeaderLimit answers it before routing (declared on each router and the app).

@@ -77,9 +77,12 @@ def encode_cursor(normalized_username: str) -> str:
 
 def _decode_cursor(value: str) -> str:
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        name = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
     except (binascii.Error, ValueError):  # bad base64, or bytes that are not UTF-8
-        raise ValueError("cursor is not one that a previous page returned") from None
+        name = "\0"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):  # no username holds one (NUL included)
+        raise ValueError("cursor is not one that a previous page returned")
+    return name
 
 
 Text = Annotated[str, AfterValidator(_check_text)]
@@ -98,11 +101,22 @@ class UserCreate(Strict):
     password: Password = Field(examples=["marko123"])
 
 
+AltchaSolution = Annotated[Text, Field(min_length=1, max_length=2048, description="a solved challenge of "
+                                      "`GET /challenge`: base64 of the ALTCHA payload JSON; each is accepted once")]
+
+
 class LoginRequest(Strict):
     """Lenient on shape (a wrong password is a 401, not a 422), strict on what bcrypt accepts."""
 
     username: Text = Field(min_length=1, max_length=64, examples=["marko"])
     password: Annotated[str, Field(min_length=1), AfterValidator(_check_password)] = Field(examples=["marko123"])
+    device_token: Text | None = Field(None, max_length=256, description="`device_token` of an earlier login on "
+                                      "this device: a valid one makes the attempt trusted; any other is ignored")
+    altcha: AltchaSolution | None = None
+
+
+class ChallengeSolution(Strict):
+    altcha: AltchaSolution
 
 
 class RefreshRequest(Strict):
@@ -147,6 +161,21 @@ class TokenOut(BaseModel):
     refresh_token: str
 
 
+class LoginOut(TokenOut):
+    device_token: str = Field(description="keep it on this device (across logouts) and send it with every login: "
+                              "a stranger's failed logins will not lock this device out")
+
+
+class Challenge(BaseModel):
+    """An ALTCHA proof-of-work challenge (v1, as the `altcha` library writes it)."""
+
+    algorithm: str = Field(examples=["SHA-256"])
+    challenge: str
+    maxNumber: int  # ALTCHA's own field name
+    salt: str
+    signature: str
+
+
 class AnonymousTokenOut(BaseModel):
     access_token: str
     token_type: str = "bearer"
@@ -182,6 +211,12 @@ class Quantity(Strict):
 
 class Message(BaseModel):
     detail: str
+
+
+class Refusal(Message):
+    """A 429/503 that may ask for a solved challenge."""
+
+    challenge_required: bool = Field(False, description="true: send a solved `GET /challenge` as `altcha`")
 
 
 # -- personalisation ------------------------------------------------------------------------------

@@ -63,7 +63,9 @@ from store import (
     MAX_HISTORY,
     MAX_PENDING_OWNERS,
     UPGRADE_MEMORY,
-    Failures,
+    Attempt,
+    ChallengeRequired,
+    Device,
     Lockout,
     Personal,
     RateLimited,
@@ -74,12 +76,14 @@ from store import (
     User,
     UsernameTaken,
     Visitor,
-    _failure_keys,
     _merge_history,
     account_attempt,
     client_key,
+    device_trusted,
+    failure_keys,
     pair_attempt,
     typed_history,
+    without,
 )
 
 log = logging.getLogger("uvicorn.error")
@@ -99,7 +103,8 @@ TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 # broken in the middle of an operation, e.g. "another operation is in progress" during a restart)
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, asyncio.TimeoutError)
 ALL = "*"  # the NOTIFY payload that drops every cached entry
-TABLES = ("users", "anonymous", "cart_items", "history", "favourites", "preferences", "sessions",
+TABLES = ("users", "anonymous", "cart_items", "history", "favourites", "preferences", "sessions", "device_tokens",
+          "spent_challenges",
           "login_failures", "anonymous_logins", "request_counts", "upgraded")
 
 
@@ -130,11 +135,6 @@ def _nul_free(key: str) -> str:
     """``key`` as PostgreSQL text can hold it: a name with a NUL (a login attempt may send one;
     no account has one) becomes a digest of itself."""
     return key if "\0" not in key else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
-def _failure_rows(username: str, client: str) -> tuple[str, str]:
-    pair_key, account_key = _failure_keys(username, client)
-    return pair_key, _nul_free(account_key)
 
 
 def _user(row: Any) -> User:
@@ -458,6 +458,7 @@ class PostgresStore:
                 return False
             await t.conn.execute("DELETE FROM sessions WHERE user_id = $1 AND id IS DISTINCT FROM $2", user_id,
                                  keep_session)
+            await t.conn.execute("DELETE FROM device_tokens WHERE user_id = $1", user_id)
             t.revoke("u:" + user_id)
             return True
 
@@ -476,7 +477,7 @@ class PostgresStore:
                 if now - since >= 3600:
                     since, count = now, 0
                 if count >= limit:
-                    raise RateLimited(since + 3600 - now)
+                    raise (RateLimited if key != ALL_CLIENTS else ChallengeRequired)(since + 3600 - now)
                 await t.conn.execute("UPDATE anonymous_logins SET since = $2, count = $3 WHERE key = $1", key, since,
                                      count + 1)
             anonymous_id = ANONYMOUS_PREFIX + str(uuid.uuid4())
@@ -645,52 +646,73 @@ class PostgresStore:
     async def end_all_sessions(self, user_id: str) -> None:
         async def tx(t: _Tx) -> None:
             await t.conn.execute("DELETE FROM sessions WHERE user_id = $1", user_id)
+            await t.conn.execute("DELETE FROM device_tokens WHERE user_id = $1", user_id)
             t.revoke("u:" + user_id)
 
         await self._transact(tx)
 
-    async def begin_login(self, username: str, client: str, rules: Lockout) -> float:
-        """As ``JsonStore.begin_login``, on the two counters' rows locked for the transaction."""
-        pair_key, account_key = _failure_rows(username, client)
-
-        async def tx(t: _Tx) -> tuple[float, float | None]:
+    async def begin_login(self, name_key: str, client: str, rules: Lockout, *, user_id: str | None = None,
+                          device: str | None = None, proven: bool = False) -> Attempt:
+        """As ``JsonStore.begin_login``, on the counters' rows locked for the transaction."""
+        async def tx(t: _Tx) -> Attempt:
             now = time.time()
-            if rules.max_failures_per_account:
-                row = await _locked(t.conn, "login_failures", account_key, "at, round, locked_until, until", now)
-                account, lock = account_attempt(Failures(list(row["at"]), row["until"], row["round"] or 0,
-                                                         row["locked_until"] or 0.0), rules, now)
-                await _put_failures(t.conn, account_key, account.at, account.until, account.round, account.locked_until)
-                if lock is not None:  # the round is full: lock, and say so
-                    return now, lock
+            if device is not None:
+                row = await t.conn.fetchrow("SELECT user_id, expires_at, at FROM device_tokens WHERE key = $1 "
+                                            "FOR UPDATE", device)
+                failures = device_trusted(dict(row) if row else None, user_id, rules, now)
+                if failures is not None:
+                    await t.conn.execute("UPDATE device_tokens SET at = $2 WHERE key = $1", device, failures)
+                    return Attempt(now, name_key, client, device)
+            pair_key, account_key = failure_keys(name_key, client)
             if rules.max_failures:
                 row = await _locked(t.conn, "login_failures", pair_key, "at", now)
                 pair = pair_attempt(list(row["at"]), rules, now)
                 await _put_failures(t.conn, pair_key, pair.at, pair.until)
-            return now, None
+            if rules.max_failures_per_account:
+                row = await _locked(t.conn, "login_failures", account_key, "at", now)
+                account = account_attempt(list(row["at"]), rules, now, proven)
+                await _put_failures(t.conn, account_key, account.at, account.until)
+            return Attempt(now, name_key, client)
 
-        attempt, locked_for = await self._transact(tx)
-        if locked_for is not None:  # raised here: a transaction that raises writes nothing
-            raise RateLimited(locked_for)
-        return attempt
+        return await self._transact(tx)
 
-    async def complete_login(self, user: User, client: str, attempt: float, refresh_jti: str, expires_at: float,
-                             merge_from: str | None = None) -> str:
+    async def give_back(self, attempt: Attempt) -> None:
+        async def tx(t: _Tx) -> None:
+            if attempt.device is not None:
+                await _uncount(t.conn, "device_tokens", attempt.device, attempt.at)
+                return
+            for key in failure_keys(attempt.name_key, attempt.client):
+                await _uncount(t.conn, "login_failures", key, attempt.at)
+
+        await self._transact(tx)
+
+    async def complete_login(self, user: User, attempt: Attempt, refresh_jti: str, expires_at: float,
+                             merge_from: str | None = None, new_device: Device | None = None) -> str:
         session_id = uuid.uuid4().hex
 
         async def tx(t: _Tx) -> str:
             if await t.conn.fetchval("SELECT id FROM users WHERE id = $1 FOR KEY SHARE", user.id) is None:
                 raise UnknownOwner(user.id)
-            await _forget_failures(t.conn, user.username, client, attempt)
+            await _forget_failures(t.conn, attempt)
             if merge_from:
                 await self._merge(t, merge_from, user.id)
+            now = time.time()
+            if new_device is not None:
+                await t.conn.execute("INSERT INTO device_tokens (key, user_id, expires_at, created_at) "
+                                     "VALUES ($1, $2, $3, $4)", new_device.key, user.id, new_device.expires_at, now)
             await t.conn.execute("INSERT INTO sessions (id, user_id, jti, expires_at, created_at) "
-                                 "VALUES ($1, $2, $3, $4, $5)", session_id, user.id, refresh_jti, expires_at, time.time())
+                                 "VALUES ($1, $2, $3, $4, $5)", session_id, user.id, refresh_jti, expires_at, now)
             return session_id
 
         return await self._transact(tx)
 
-    async def reset_login_failures(self, username: str, client: str, attempt: float) -> None:
-        await self._transact(lambda t: _forget_failures(t.conn, username, client, attempt))
+    async def reset_login_failures(self, attempt: Attempt) -> None:
+        await self._transact(lambda t: _forget_failures(t.conn, attempt))
+
+    async def spend_once(self, key: str, expires_at: float) -> bool:
+        return bool(await self._transact(lambda t: t.conn.fetchval(
+            "INSERT INTO spent_challenges (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+            key, expires_at)))
 
     async def count_requests(self, counts: dict[str, tuple[int, float]]) -> dict[str, int]:
         """Add this worker's counts and read everyone's totals: two statements, keys in order."""
@@ -724,6 +746,8 @@ class PostgresStore:
             await t.conn.execute("DELETE FROM anonymous_logins WHERE since <= $1", now - 3600)
             await t.conn.execute("DELETE FROM request_counts WHERE expires_at < $1", now)
             await t.conn.execute("DELETE FROM upgraded WHERE at <= $1", now - UPGRADE_MEMORY)
+            await t.conn.execute("DELETE FROM device_tokens WHERE expires_at < $1", now)
+            await t.conn.execute("DELETE FROM spent_challenges WHERE expires_at < $1", now)
 
         await self._transact(tx)
 
@@ -891,21 +915,25 @@ async def _locked(conn: asyncpg.Connection, table: str, key: str, columns: str, 
     return await conn.fetchrow(f"SELECT {columns} FROM {table} WHERE key = $1 FOR UPDATE", key)
 
 
-async def _put_failures(conn: asyncpg.Connection, key: str, at: list[float], until: float, lock_round: int | None = None,
-                        locked_until: float | None = None) -> None:
-    await conn.execute("UPDATE login_failures SET at = $2, until = $3, round = $4, locked_until = $5 WHERE key = $1",
-                       key, at, until, lock_round, locked_until)
+async def _put_failures(conn: asyncpg.Connection, key: str, at: list[float], until: float) -> None:
+    await conn.execute("UPDATE login_failures SET at = $2, until = $3 WHERE key = $1", key, at, until)
 
 
-async def _forget_failures(conn: asyncpg.Connection, username: str, client: str, attempt: float) -> None:
-    """This address's failures for ``username``, and the attempt ``begin_login`` counted."""
-    pair_key, account_key = _failure_rows(username, client)
+async def _uncount(conn: asyncpg.Connection, table: str, key: str, attempt: float) -> None:
+    """Take ``attempt`` out of a counter's failure times (``table``: login_failures or device_tokens)."""
+    failures = without(await conn.fetchval(f"SELECT at FROM {table} WHERE key = $1 FOR UPDATE", key), attempt)
+    if failures is not None:
+        await conn.execute(f"UPDATE {table} SET at = $2 WHERE key = $1", key, failures)
+
+
+async def _forget_failures(conn: asyncpg.Connection, attempt: Attempt) -> None:
+    """As ``JsonStore._forget_failures``."""
+    if attempt.device is not None:
+        await conn.execute("UPDATE device_tokens SET at = '{}' WHERE key = $1", attempt.device)
+        return
+    pair_key, account_key = failure_keys(attempt.name_key, attempt.client)
     await conn.execute("DELETE FROM login_failures WHERE key = $1", pair_key)
-    at = await conn.fetchval("SELECT at FROM login_failures WHERE key = $1 FOR UPDATE", account_key)
-    if at is not None and attempt in at:
-        failures = list(at)
-        failures.remove(attempt)
-        await conn.execute("UPDATE login_failures SET at = $2 WHERE key = $1", account_key, failures)
+    await _uncount(conn, "login_failures", account_key, attempt.at)
 
 
 async def _lock_owner(conn: asyncpg.Connection, owner: str) -> None:
@@ -981,7 +1009,8 @@ async def import_json(url: str, path: Path) -> dict[str, int]:
     try:
         tables = source.t
         counts = dict.fromkeys(("users", "anonymous", "sessions", "cart_items", "history", "favourites", "preferences",
-                                "login_failures", "anonymous_logins", "request_counts", "upgraded", "skipped"), 0)
+                                "login_failures", "anonymous_logins", "request_counts", "upgraded", "device_tokens",
+                                "spent_challenges", "skipped"), 0)
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
         await _init_connection(conn)
         try:
@@ -1039,11 +1068,23 @@ async def _import_tables(conn: asyncpg.Connection, t: dict[str, dict[str, Any]],
             await _import_owned(conn, table, owner, value, counts)
     for key, doc in t["login_failures"].items():
         await conn.execute(
-            "INSERT INTO login_failures (key, at, round, locked_until, until) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT (key) DO UPDATE SET at = excluded.at, round = excluded.round, "
-            "locked_until = excluded.locked_until, until = excluded.until",
-            key, [float(x) for x in doc.get("at", [])], doc.get("round"), doc.get("locked_until"), doc["until"])
+            "INSERT INTO login_failures (key, at, until) VALUES ($1, $2, $3) "
+            "ON CONFLICT (key) DO UPDATE SET at = excluded.at, until = excluded.until",
+            _nul_free(key), [float(x) for x in doc.get("at", [])], doc["until"])
         counts["login_failures"] += 1
+    for key, doc in t["devices"].items():  # of accounts that were imported
+        status = await conn.execute(
+            "INSERT INTO device_tokens (key, user_id, expires_at, at, created_at) "
+            "SELECT $1, $2::text, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM users WHERE id = $2::text) "
+            "ON CONFLICT (key) DO UPDATE SET user_id = excluded.user_id, expires_at = excluded.expires_at, "
+            "at = excluded.at, created_at = excluded.created_at",
+            key, str(doc["user_id"]), doc["expires_at"], [float(x) for x in doc.get("at", [])],
+            doc.get("created_at", 0.0))
+        counts["device_tokens" if status.endswith(" 1") else "skipped"] += 1
+    for key, doc in t["spent"].items():
+        await conn.execute("INSERT INTO spent_challenges (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                           key, doc["expires_at"])
+        counts["spent_challenges"] += 1
     for key, doc in t["anonymous_logins"].items():
         await conn.execute("INSERT INTO anonymous_logins (key, since, count) VALUES ($1, $2, $3) ON CONFLICT (key) "
                            "DO UPDATE SET since = excluded.since, count = excluded.count", key, doc["since"], doc["count"])

@@ -76,7 +76,8 @@ def build_headers(hsts_seconds: int | None, docs_html: str | None = None) -> tup
 
 class SecurityHeaders:
     """Add ``headers`` to every HTTP response, ``docs_headers`` instead on ``docs_path``, and
-    ``NO_STORE`` on ``token_paths``."""
+    ``NO_STORE`` on ``token_paths`` and on every answer to a request with ``Authorization``: what
+    answers a token is the caller's own (account data, cart, history), never for a cache."""
 
     def __init__(self, app: ASGIApp, headers: Headers, docs_headers: Headers, docs_path: str = "/docs",
                  token_paths: Iterable[str] = ()) -> None:
@@ -88,7 +89,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        extra = (self.token_headers if path in self.token_paths
+        extra = (self.token_headers if path in self.token_paths or any(n == b"authorization" for n, _ in scope["headers"])
                  else self.docs_headers if path == self.docs_path else self.headers)
 
         async def send_with_headers(message: Message) -> None:

@@ -35,7 +35,12 @@ class Settings(BaseSettings):
     register_rate_limit: int = Field(30, ge=0, description="registrations per client address and hour; 0 disables")
     login_max_failures: int = Field(5, ge=0, description="per username and client address; 0 disables")
     login_max_failures_per_account: int = Field(50, ge=0, description="per username, all addresses; 0 disables")
-    login_lockout_seconds: int = Field(900, ge=1, description="the failure window and the first lock time")
+    login_lockout_seconds: int = Field(900, ge=1, description="the window failures count in")
+    device_token_days: float = Field(180, gt=0, description="how long a device token keeps a browser trusted")
+    challenge_expire_seconds: float = Field(300, gt=0, le=86400, description="how long a proof-of-work challenge "
+                                            "may be solved and used")
+    challenge_max_number: int = Field(100_000, ge=1, le=100_000_000, description="proof-of-work difficulty: a "
+                                      "solver tries half this many SHA-256 hashes on average (~1 s in a browser)")
     hash_queue_max_wait_seconds: float = Field(2, ge=0, description="expected wait for a hash before 503; 0 disables")
     early_retry_delay_seconds: float = Field(1, ge=0, le=60, description="a 429/503 to an address that asks again "
                                              "before its Retry-After waits this long at most; 0: at once")

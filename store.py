@@ -37,13 +37,12 @@ from models import MAX_QUANTITY, normalize_username
 if TYPE_CHECKING:
     from settings import Settings
 
-__all__ = ["AccountStore", "JsonStore", "Lockout", "RateLimited", "Rotation", "SessionStore", "Store", "StoreError",
-           "StoreUnavailable", "UnknownOwner", "User", "UsernameTaken", "Visitor", "VisitorStore", "build_store"]
+__all__ = ["AccountStore", "Attempt", "ChallengeRequired", "Device", "JsonStore", "Lockout", "RateLimited", "Rotation",
+           "SessionStore", "Store", "StoreError", "StoreUnavailable", "UnknownOwner", "User", "UsernameTaken", "Visitor",
+           "VisitorStore", "build_store"]
 
 TABLES = ("users", "anonymous", "carts", "sessions", "login_failures", "anonymous_logins", "request_counts",
-          "history", "favourites", "preferences", "upgraded")
-MAX_ACCOUNT_LOCK_SECONDS = 86400  # the per-account lock doubles each round up to this
-ROUND_MEMORY_SECONDS = 86400  # an account's lock round is forgotten after a quiet day
+          "history", "favourites", "preferences", "upgraded", "devices", "spent")
 ALL_CLIENTS = "*"  # the anonymous_logins key of the service-wide bound
 PERSONAL_TABLES = ("carts", "history", "favourites", "preferences")  # rows keyed by owner, gone with it
 ACTIVITY_GRANULARITY = 60.0  # seconds: record an anonymous visitor's activity at most this often
@@ -66,6 +65,11 @@ class RateLimited(Exception):
         self.retry_after = max(1, int(retry_after + 0.999))
 
 
+class ChallengeRequired(RateLimited):
+    """Past a limit that a solved proof-of-work challenge lifts (trust.py): an account's failures
+    from all addresses, or the service-wide bound on new visitors."""
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     id: str
@@ -77,9 +81,30 @@ class User:
 class Lockout:
     """The login throttling rules (``0`` disables a limit); ``window`` is in seconds."""
 
-    max_failures: int  # per (username, client address)
-    max_failures_per_account: int  # per username, all addresses together
-    window: float  # failures older than this stop counting; also the first account lock time
+    max_failures: int  # per (username, client address), and per device token
+    max_failures_per_account: int  # per username, all addresses together: past it, a challenge
+    window: float  # failures older than this stop counting
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A login attempt that ``begin_login`` counted as a failure before its password is checked
+    (so concurrent guesses cannot slip past a limit); ``complete_login`` takes it back on success,
+    ``give_back`` when the password was never checked. ``device``: the key of the device token
+    that made it trusted, whose own counter it is on; else it is on the name's and the pair's."""
+
+    at: float
+    name_key: str  # trust.Trust.name_key: a keyed digest of the normalised username
+    client: str
+    device: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device token as the store keeps it (trust.py): the digest of its random part, for an account."""
+
+    key: str
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +165,13 @@ class AccountStore(Protocol):
 class SessionStore(Protocol):
     """Login sessions (refresh-token families) and the throttling counters."""
 
-    async def begin_login(self, username: str, client: str, rules: Lockout) -> float: ...
-    async def complete_login(self, user: User, client: str, attempt: float, refresh_jti: str, expires_at: float,
-                             merge_from: str | None = None) -> str: ...
-    async def reset_login_failures(self, username: str, client: str, attempt: float) -> None: ...
+    async def begin_login(self, name_key: str, client: str, rules: Lockout, *, user_id: str | None = None,
+                          device: str | None = None, proven: bool = False) -> Attempt: ...
+    async def give_back(self, attempt: Attempt) -> None: ...
+    async def complete_login(self, user: User, attempt: Attempt, refresh_jti: str, expires_at: float,
+                             merge_from: str | None = None, new_device: Device | None = None) -> str: ...
+    async def reset_login_failures(self, attempt: Attempt) -> None: ...
+    async def spend_once(self, key: str, expires_at: float) -> bool: ...
     async def session_user(self, session_id: str, user_id: str) -> User | None: ...
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
                              expires_at: float, grace: float = 0, max_age: float | None = None) -> Rotation | None: ...
@@ -192,22 +220,19 @@ def build_store(settings: "Settings") -> Store:
                          settings.database_startup_timeout_seconds)
 
 
-def _failure_keys(username: str, client: str) -> tuple[str, str]:
-    """The ``login_failures`` keys of a (username, address) pair and of the account."""
-    name = normalize_username(username)
-    return "pair:" + client_key(name + "\0" + client), "account:" + name
+def failure_keys(name_key: str, client: str) -> tuple[str, str]:
+    """The ``login_failures`` keys of a (username, address) pair and of the account; ``name_key``
+    is already a keyed digest of the name (trust.py), so no typed name is ever kept."""
+    return "pair:" + client_key(name_key + "\0" + client), "account:" + name_key
 
 
 @dataclass(frozen=True, slots=True)
 class Failures:
     """One ``login_failures`` counter as both backends keep it: failure times (Unix seconds) in the
-    window; for an account, also its lock round and the end of its lock; ``until``: when the row
-    may be pruned."""
+    window; ``until``: when the row may be pruned."""
 
     at: list[float]
     until: float
-    round: int = 0
-    locked_until: float = 0.0
 
 
 def typed_history(items: list[list[Any]]) -> list[tuple[int, float]]:
@@ -215,31 +240,51 @@ def typed_history(items: list[list[Any]]) -> list[tuple[int, float]]:
     return [(int(item), float(at)) for item, at in items]
 
 
-def account_attempt(row: Failures | None, rules: Lockout, now: float) -> tuple[Failures, float | None]:
-    """The lockout's rule for an account's counter (``begin_login``): raises ``RateLimited`` while
-    locked; else the counter with this attempt counted and ``None``, or, when the window already
-    holds ``max_failures_per_account`` failures, the counter of the next round and the lock time
-    it starts (the window's length, doubled each round, up to ``MAX_ACCOUNT_LOCK_SECONDS``)."""
-    row = row or Failures([], 0)
-    if row.locked_until > now:
-        raise RateLimited(row.locked_until - now)
-    failures = [t for t in row.at if t > now - rules.window]
-    if len(failures) >= rules.max_failures_per_account:
-        lock = min(rules.window * 2 ** row.round, MAX_ACCOUNT_LOCK_SECONDS)
-        return Failures([], now + lock + ROUND_MEMORY_SECONDS, row.round + 1, now + lock), lock
-    keep = now + rules.window + (ROUND_MEMORY_SECONDS if row.round else 0)
-    return Failures([*failures, now], keep, row.round), None
+def recent(at: list[float], rules: Lockout, now: float) -> list[float]:
+    return [t for t in at if t > now - rules.window]
+
+
+def account_attempt(at: list[float], rules: Lockout, now: float, proven: bool) -> Failures:
+    """The rule for an account's counter (``begin_login``): once the window holds
+    ``max_failures_per_account`` failures from all addresses, an attempt that has not ``proven``
+    anything (a solved challenge) raises ``ChallengeRequired``; nobody is locked out for good.
+    Else the counter with this attempt counted (only the newest ``max_failures_per_account``)."""
+    failures = recent(at, rules, now)
+    limit = rules.max_failures_per_account
+    if len(failures) >= limit and not proven:
+        raise ChallengeRequired(failures[-limit] + rules.window - now)
+    return Failures([*failures, now][-limit:], now + rules.window)
 
 
 def pair_attempt(at: list[float], rules: Lockout, now: float) -> Failures:
-    """The lockout's rule for a (username, address) counter: raises ``RateLimited`` while it holds
-    ``max_failures`` failures within the window (until the oldest of them leaves it); else the
-    counter with this attempt counted (only the newest ``max_failures`` are kept)."""
-    since = now - rules.window
-    failures = [t for t in at if t > since]
+    """The rule for a (username, address) counter, and for a device token's: raises
+    ``RateLimited`` while it holds ``max_failures`` failures within the window (until the oldest
+    of them leaves it); else the counter with this attempt counted (only the newest kept)."""
+    failures = recent(at, rules, now)
     if len(failures) >= rules.max_failures:
-        raise RateLimited(failures[-rules.max_failures] - since)
+        raise RateLimited(failures[-rules.max_failures] + rules.window - now)
     return Failures([*failures, now][-rules.max_failures:], now + rules.window)
+
+
+def device_trusted(row: dict[str, Any] | None, user_id: str | None, rules: Lockout, now: float) -> list[float] | None:
+    """A device token's failures with this attempt counted, if it makes the attempt trusted: it
+    exists, is the account's, has not expired, and has fewer than ``max_failures`` recent
+    failures (a stolen token must not allow unlimited guessing); else ``None``."""
+    if row is None or row["user_id"] != user_id or row["expires_at"] <= now:
+        return None
+    failures = recent(row.get("at") or [], rules, now)
+    if rules.max_failures and len(failures) >= rules.max_failures:
+        return None
+    return [*failures, now]
+
+
+def without(at: list[float] | None, attempt: float) -> list[float] | None:
+    """``at`` without ``attempt``; ``None`` if it was not there (nothing to write)."""
+    if not at or attempt not in at:
+        return None
+    failures = list(at)
+    failures.remove(attempt)
+    return failures
 
 
 def _legacy_id(doc: dict[str, Any]) -> str:
@@ -344,7 +389,7 @@ class JsonStore:
             changes += [("upgraded", k, None) for k, v in self.t["upgraded"].items() if v["user_id"] == user_id]
             self._views.pop(user_id, None)
             changes += [("sessions", sid, None) for sid, s in self.t["sessions"].items() if s["user_id"] == user_id]
-            return True, changes
+            return True, changes + self._devices_of(user_id)
 
         return await self._transact(tx)
 
@@ -352,7 +397,7 @@ class JsonStore:
 
     async def add_anonymous(self, client: str, limit_per_hour: int, global_limit_per_hour: int = 0) -> str:
         """Create a visitor identity, counting it against ``client``'s hourly allowance and the
-        service-wide one (``0``: no limit)."""
+        service-wide one (``0``: no limit; past it, ``ChallengeRequired``)."""
         def tx() -> tuple[str, list[Change]]:
             now = time.time()
             changes: list[Change] = []
@@ -363,7 +408,7 @@ class JsonStore:
                 if window is None or now - window["since"] >= 3600:
                     window = {"since": now, "count": 0}
                 if window["count"] >= limit:
-                    raise RateLimited(window["since"] + 3600 - now)
+                    raise (RateLimited if key != ALL_CLIENTS else ChallengeRequired)(window["since"] + 3600 - now)
                 changes.append(("anonymous_logins", key, {"since": window["since"], "count": window["count"] + 1}))
             anonymous_id = ANONYMOUS_PREFIX + str(uuid.uuid4())
             changes.append(("anonymous", anonymous_id, {"created_at": now, "last_active_at": now}))
@@ -485,14 +530,16 @@ class JsonStore:
         await self._transact(lambda: (None, [("sessions", session_id, None)] if session_id in self.t["sessions"] else []))
 
     async def end_all_sessions(self, user_id: str) -> None:
+        """Every session of the account, and every device token: "log out everywhere"."""
         def tx() -> tuple[None, list[Change]]:
-            return None, [("sessions", sid, None) for sid, s in self.t["sessions"].items() if s["user_id"] == user_id]
+            sessions = [("sessions", sid, None) for sid, s in self.t["sessions"].items() if s["user_id"] == user_id]
+            return None, sessions + self._devices_of(user_id)
 
         await self._transact(tx)
 
     async def change_password(self, user_id: str, password_hash: str, keep_session: str | None) -> bool:
         """One transaction: the new hash, and every other login session of the account ends
-        (``keep_session``, the caller's, stays). False if the account is gone."""
+        (``keep_session``, the caller's, stays), and every device token. False if the account is gone."""
         def tx() -> tuple[bool, list[Change]]:
             doc = self.t["users"].get(user_id)
             if doc is None:
@@ -500,12 +547,12 @@ class JsonStore:
             changes: list[Change] = [("users", user_id, {**doc, "password": password_hash})]
             changes += [("sessions", sid, None) for sid, s in self.t["sessions"].items()
                         if s["user_id"] == user_id and sid != keep_session]
-            return True, changes
+            return True, changes + self._devices_of(user_id)
 
         return await self._transact(tx)
 
     async def prune(self) -> None:
-        """Drop what has expired: sessions, throttling windows."""
+        """Drop what has expired: sessions, throttling windows, device tokens, spent challenges."""
         def tx() -> tuple[None, list[Change]]:
             now = time.time()
             changes: list[Change] = [("sessions", k, None) for k, v in self.t["sessions"].items() if v["expires_at"] < now]
@@ -515,6 +562,8 @@ class JsonStore:
             changes += [("request_counts", k, None) for k, v in self.t["request_counts"].items()
                         if v["expires_at"] < now]
             changes += [("upgraded", k, None) for k, v in self.t["upgraded"].items() if now - v["at"] >= UPGRADE_MEMORY]
+            changes += [(table, k, None) for table in ("devices", "spent") for k, v in self.t[table].items()
+                        if v["expires_at"] < now]
             return None, changes
 
         await self._transact(tx)
@@ -535,72 +584,96 @@ class JsonStore:
 
     # -- logging in: brute-force throttling, then a session ---------------------------------
 
-    async def begin_login(self, username: str, client: str, rules: Lockout) -> float:
+    async def begin_login(self, name_key: str, client: str, rules: Lockout, *, user_id: str | None = None,
+                          device: str | None = None, proven: bool = False) -> Attempt:
         """Count the attempt as a failure before the password is checked, so concurrent guesses
-        cannot slip past the limits; ``complete_login`` takes it back. Raises ``RateLimited`` while
-        this (username, address) pair has ``max_failures`` failures within the window, or while the
-        username is locked for every address: once it has ``max_failures_per_account`` failures
-        from all addresses within the window, the next attempt locks it for the window's length,
-        doubled for each further round (up to a day). Unknown usernames count the same way, so a 429 tells nothing about
-        which accounts exist. Returns the attempt's time, for ``complete_login``."""
-        pair_key, account_key = _failure_keys(username, client)
-
-        def tx() -> tuple[tuple[float, float | None], list[Change]]:
+        cannot slip past the limits; ``complete_login`` or ``give_back`` takes it back. With a
+        ``device`` token key of ``user_id`` that is still trusted (``device_trusted``), only the
+        device's own counter counts it. Otherwise raises ``RateLimited`` while this (name,
+        address) pair holds ``max_failures`` failures in the window, and ``ChallengeRequired``
+        while the name holds ``max_failures_per_account`` from all addresses, unless ``proven``.
+        Unknown names count the same way, so a 429 tells nothing about which accounts exist."""
+        def tx() -> tuple[Attempt, list[Change]]:
             now = time.time()
+            if device is not None:
+                failures = device_trusted(self.t["devices"].get(device), user_id, rules, now)
+                if failures is not None:
+                    row = self.t["devices"][device]
+                    return Attempt(now, name_key, client, device), [("devices", device, {**row, "at": failures})]
             rows = self.t["login_failures"]
+            pair_key, account_key = failure_keys(name_key, client)
             changes: list[Change] = []
-            if rules.max_failures_per_account:
-                doc = rows.get(account_key) or {}
-                account, lock = account_attempt(Failures(list(doc.get("at", ())), doc.get("until", 0.0), doc.get(
-                    "round", 0), doc.get("locked_until", 0.0)), rules, now)
-                account_doc = {"at": account.at, "round": account.round, "locked_until": account.locked_until,
-                               "until": account.until}
-                if lock is not None:  # the round is full: lock, and say so
-                    return (now, lock), [("login_failures", account_key, account_doc)]
-                changes.append(("login_failures", account_key, account_doc))
             if rules.max_failures:
                 pair = pair_attempt(rows.get(pair_key, {}).get("at", []), rules, now)
                 changes.append(("login_failures", pair_key, {"at": pair.at, "until": pair.until}))
-            return (now, None), changes
+            if rules.max_failures_per_account:
+                account = account_attempt(rows.get(account_key, {}).get("at", []), rules, now, proven)
+                changes.append(("login_failures", account_key, {"at": account.at, "until": account.until}))
+            return Attempt(now, name_key, client), changes
 
-        attempt, locked_for = await self._transact(tx)
-        if locked_for is not None:  # raised here: a transaction that raises writes nothing
-            raise RateLimited(locked_for)
-        return attempt
+        return await self._transact(tx)
 
-    async def complete_login(self, user: User, client: str, attempt: float, refresh_jti: str, expires_at: float,
-                             merge_from: str | None = None) -> str:
-        """One transaction: forget this address's failures for the account and take back the
-        attempt ``begin_login`` counted, move a visitor's cart in, start a session. Failures from
-        other addresses still count: a login of the owner does not reset a distributed guess."""
+    async def give_back(self, attempt: Attempt) -> None:
+        """Take back an attempt whose password was never checked (shed, or its client left)."""
+        def tx() -> tuple[None, list[Change]]:
+            if attempt.device is not None:
+                return None, self._uncount("devices", attempt.device, attempt.at)
+            keys = failure_keys(attempt.name_key, attempt.client)
+            return None, [c for key in keys for c in self._uncount("login_failures", key, attempt.at)]
+
+        await self._transact(tx)
+
+    def _uncount(self, table: str, key: str, at: float) -> list[Change]:
+        row = self.t[table].get(key)
+        failures = without(row and row.get("at"), at)
+        return [] if failures is None or row is None else [(table, key, {**row, "at": failures})]
+
+    async def complete_login(self, user: User, attempt: Attempt, refresh_jti: str, expires_at: float,
+                             merge_from: str | None = None, new_device: Device | None = None) -> str:
+        """One transaction: forget the failures ``_forget_failures`` says, move a visitor's data
+        in, keep a new device token, start a session. Failures from other addresses still count:
+        a login of the owner does not reset a distributed guess."""
         session_id = uuid.uuid4().hex
 
         def tx() -> tuple[str, list[Change]]:
             if user.id not in self._users:
                 raise UnknownOwner(user.id)
-            changes = self._forget_failures(user.username, client, attempt)
+            changes = self._forget_failures(attempt)
             if merge_from:
                 changes += self._merge_changes(merge_from, user.id)
+            if new_device is not None:
+                changes.append(("devices", new_device.key, {"user_id": user.id, "expires_at": new_device.expires_at,
+                                                            "at": [], "created_at": time.time()}))
             doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at, "created_at": time.time()}
             return session_id, [*changes, ("sessions", session_id, doc)]
 
         return await self._transact(tx)
 
-    async def reset_login_failures(self, username: str, client: str, attempt: float) -> None:
+    async def reset_login_failures(self, attempt: Attempt) -> None:
         """After a successful re-authentication: what ``complete_login`` forgets, without a session."""
-        await self._transact(lambda: (None, self._forget_failures(username, client, attempt)))
+        await self._transact(lambda: (None, self._forget_failures(attempt)))
 
-    def _forget_failures(self, username: str, client: str, attempt: float) -> list[Change]:
-        """This address's failures for ``username``, and the attempt ``begin_login`` counted."""
-        pair_key, account_key = _failure_keys(username, client)
-        rows = self.t["login_failures"]
-        changes: list[Change] = [("login_failures", pair_key, None)] if pair_key in rows else []
-        account = rows.get(account_key)
-        if account is not None and attempt in account["at"]:
-            failures = list(account["at"])
-            failures.remove(attempt)
-            changes.append(("login_failures", account_key, {**account, "at": failures}))
-        return changes
+    def _forget_failures(self, attempt: Attempt) -> list[Change]:
+        """After the right password: a trusted device's failures; else this address's failures
+        for the name, and the attempt ``begin_login`` counted on the account."""
+        if attempt.device is not None:
+            row = self.t["devices"].get(attempt.device)
+            return [("devices", attempt.device, {**row, "at": []})] if row else []
+        pair_key, account_key = failure_keys(attempt.name_key, attempt.client)
+        changes: list[Change] = [("login_failures", pair_key, None)] if pair_key in self.t["login_failures"] else []
+        return changes + self._uncount("login_failures", account_key, attempt.at)
+
+    async def spend_once(self, key: str, expires_at: float) -> bool:
+        """Mark a proof-of-work solution used; False if it already was (a replay)."""
+        def tx() -> tuple[bool, list[Change]]:
+            if key in self.t["spent"]:
+                return False, []
+            return True, [("spent", key, {"expires_at": expires_at})]
+
+        return await self._transact(tx)
+
+    def _devices_of(self, user_id: str) -> list[Change]:
+        return [("devices", k, None) for k, v in self.t["devices"].items() if v["user_id"] == user_id]
 
     async def set_password(self, user_id: str, password_hash: str) -> None:
         def tx() -> tuple[None, list[Change]]:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 import accounts
-from accounts import INVALID_LOGIN, Caller
+from accounts import INVALID_LOGIN, Caller, Proof
 from authentication import AuthHandler, TokenError
 from deps import (
     AUTH_ERRORS,
@@ -26,17 +26,20 @@ from deps import (
     OptionalAnonymous,
     SettingsDep,
     StoreDep,
+    TrustDep,
     disconnect_watch,
     unauthorized,
 )
 from models import (
     AccountDeletion,
     Cursor,
+    LoginOut,
     LoginRequest,
     LogoutRequest,
     Message,
     PasswordChange,
     RefreshRequest,
+    Refusal,
     TokenOut,
     UserCreate,
     UserList,
@@ -55,7 +58,8 @@ REAUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     **REGISTERED_ERRORS,
     401: {"model": Message, "description": f"Missing, invalid, expired or revoked token; or `{INVALID_LOGIN}`: "
           "the password is wrong (counted like a failed login)"},
-    429: {"model": Message, "description": "Too many failed logins for this username; see Retry-After"},
+    429: {"model": Message, "description": "Too many failed logins for this username from this address; "
+          "see Retry-After"},
     503: BUSY,
 }
 
@@ -101,18 +105,23 @@ async def register(body: UserCreate, request: Request, client: ClientAddress, st
     return {"id": user.id, "username": user.username}
 
 
-@router.post("/login", response_model=TokenOut, responses={
+@router.post("/login", response_model=LoginOut, responses={
     401: {"model": Message, "description": INVALID_LOGIN},
-    429: {"model": Message, "description": "Over this address's budget, or too many failed logins for this "
-                                           "username (from this address, or from all); see Retry-After"},
-    503: BUSY,
+    429: {"model": Refusal, "description": "Over this address's budget, or too many failed logins for this "
+          "username from this address; or, with `challenge_required`, too many from all addresses: send a solved "
+          "challenge as `altcha` (a trusted `device_token` is never refused); see Retry-After"},
+    503: {"model": Refusal, "description": "Too many password checks queued (with `challenge_required`: a solved "
+          "challenge goes first), or the database is unavailable (PostgreSQL backend); see Retry-After"},
 })
 async def login(body: LoginRequest, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
-                limiter: LimiterDep, settings: SettingsDep, anonymous: OptionalAnonymous) -> dict[str, Any]:
-    """Trade a username and password for an access token and a refresh token."""
+                trust: TrustDep, limiter: LimiterDep, settings: SettingsDep,
+                anonymous: OptionalAnonymous) -> dict[str, Any]:
+    """Trade a username and password for an access token, a refresh token and a device token.
+    Send the device token with every later login from this device: a stranger's failed logins
+    never lock it out."""
     done = await accounts.login(body.username, body.password, _caller(request, client, anonymous),
-                                store, auth, limiter, settings)
-    return _tokens(auth, done.user, done.session_id, done.refresh_jti)
+                                Proof(body.device_token, body.altcha), store, auth, trust, limiter, settings)
+    return {**_tokens(auth, done.user, done.session_id, done.refresh_jti), "device_token": done.device_token}
 
 
 @router.post("/refresh", response_model=TokenOut, responses={401: {"model": Message}, 503: UNAVAILABLE})
@@ -151,26 +160,27 @@ async def logout(user: CurrentUser, store: StoreDep, auth: AuthDep, body: Logout
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses=REGISTERED_ERRORS)
 async def logout_all(user: CurrentUser, store: StoreDep) -> Response:
-    """End every session of this account, on every device."""
+    """End every session of this account, on every device, and revoke its device tokens."""
     await store.end_all_sessions(user.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/me/password", status_code=status.HTTP_204_NO_CONTENT, responses=REAUTH_ERRORS)
 async def change_password(body: PasswordChange, request: Request, client: ClientAddress, user: CurrentUser,
-                          store: StoreDep, auth: AuthDep, settings: SettingsDep) -> Response:
-    """Set a new password. Every other login session of the account ends; this one stays."""
+                          store: StoreDep, auth: AuthDep, trust: TrustDep, settings: SettingsDep) -> Response:
+    """Set a new password. Every other login session of the account ends; this one stays. Every
+    device token of the account is revoked (the next login on each device gets a new one)."""
     if not await accounts.change_password(user, body.current_password, body.new_password,
-                                          _caller(request, client, None), store, auth, settings):
+                                          _caller(request, client, None), store, auth, trust, settings):
         raise unauthorized("Invalid token")  # deleted meanwhile
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=REAUTH_ERRORS)
 async def delete_me(body: AccountDeletion, request: Request, client: ClientAddress, user: CurrentUser,
-                    store: StoreDep, auth: AuthDep, settings: SettingsDep) -> Response:
+                    store: StoreDep, auth: AuthDep, trust: TrustDep, settings: SettingsDep) -> Response:
     """Delete this account and everything kept about it: cart, history, favourites, preferences,
     sessions. The body repeats the password."""
-    await accounts.reauthenticate(user, body.password, _caller(request, client, None), store, auth, settings)
+    await accounts.reauthenticate(user, body.password, _caller(request, client, None), store, auth, trust, settings)
     await store.delete_user(user.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

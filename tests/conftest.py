@@ -7,6 +7,8 @@ a throw-away PostgreSQL database (tests/pg_support.py): one per store directory 
 the JSON file itself (its journal, its format, a corrupt file) carry ``@pytest.mark.json_only``.
 """
 
+import base64
+import hashlib
 import inspect
 import json
 import secrets
@@ -124,6 +126,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def solve(challenge: dict) -> str:
+    """The ALTCHA payload (base64 JSON) that solves ``challenge``, found by brute force like a browser."""
+    salt, target = challenge["salt"], challenge["challenge"]
+    for number in range(challenge["maxNumber"] + 1):
+        if hashlib.sha256(f"{salt}{number}".encode()).hexdigest() == target:
+            payload = {k: challenge[k] for k in ("algorithm", "challenge", "salt", "signature")}
+            return base64.b64encode(json.dumps({**payload, "number": number}).encode()).decode()
+    raise AssertionError("the challenge has no solution up to maxNumber")
+
+
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "users_file": tmp_path / "users.json",
@@ -133,6 +145,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "register_rate_limit": 0,  # often dozens at once; tests/test_abuse.py checks these limits
         "hash_queue_max_wait_seconds": 0,  # and the hashing queue's bound (test_abuse, test_flood)
         "early_retry_delay_seconds": 0,  # and the pacing of early retries after a 429
+        "challenge_max_number": 5000,  # a solution in milliseconds (tests/test_trust.py solves many)
         "frontend_dir": tmp_path / "no-frontend",
         **overrides,
     }
@@ -166,9 +179,17 @@ class Client(httpx.AsyncClient):
         return await self.post("/users/register", json={"username": username, "password": password},
                                headers=bearer(token) if token else None)
 
-    async def login(self, username: str, password: str = "password123", token: str | None = None) -> httpx.Response:
-        return await self.post("/users/login", json={"username": username, "password": password},
+    async def login(self, username: str, password: str = "password123", token: str | None = None,
+                    **fields: str) -> httpx.Response:
+        """``fields``: more of the login body (``device_token``, ``altcha``)."""
+        return await self.post("/users/login", json={"username": username, "password": password, **fields},
                                headers=bearer(token) if token else None)
+
+    async def solve_challenge(self) -> str:
+        """A solution of a fresh ``GET /challenge``, as a browser's ALTCHA solver would send it."""
+        response = await self.get("/challenge")
+        assert response.status_code == 200, response.text
+        return solve(response.json())
 
     async def session_for(self, username: str, password: str = "password123") -> dict:
         """Register (if needed) and log in; the login answer (access and refresh token)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from server import ROOT, Server
 
 HTTP = Path(sys.executable).parent / "http"
-VARYING = {"id", "token", "refresh_token", "access_token", "viewed_at"}
+VARYING = {"device_token", "id", "token", "refresh_token", "access_token", "viewed_at"}
 ANSI = re.compile(rb"\x1b\[[0-9;]*[A-Za-z]")
 
 

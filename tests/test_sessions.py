@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Client, bearer, make_settings, running
+from store import Attempt
 
 pytestmark = pytest.mark.anyio
 
@@ -131,8 +132,8 @@ async def test_revocations_survive_a_restart_and_expired_entries_are_pruned(tmp_
         kept = (await client.login("marko")).json()
         await client.post("/users/logout", headers=bearer(ended["token"]))
         store = client.app.state.store  # type: ignore[attr-defined]
-        expired = await store.complete_login(await store.find_user("marko"), "127.0.0.1", 0.0, "jti",
-                                             time.time() - 1)
+        expired = await store.complete_login(await store.find_user("marko"), Attempt(0.0, "name-key", "127.0.0.1"),
+                                             "jti", time.time() - 1)
         for _ in range(2):
             await client.login("marko", "wrong-pass")
     async for client in running(settings):  # restarted: the lifespan prunes at start
