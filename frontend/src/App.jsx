@@ -1,6 +1,7 @@
 import { AuthProvider, useAuth } from "./AuthContext.jsx";
 import AccountPanel from "./components/AccountPanel.jsx";
 import AuthForms from "./components/AuthForms.jsx";
+import ChallengeProgress from "./components/ChallengeProgress.jsx";
 import Message from "./components/Message.jsx";
 import Shop from "./components/Shop.jsx";
 import Users from "./components/Users.jsx";
@@ -23,6 +24,7 @@ export default function App() {
       <header className="header">
         <h1>JWT Auth Shop</h1>
         <Message />
+        <ChallengeProgress />
       </header>
       <main className="layout">
         <div className="account">

@@ -1,5 +1,5 @@
 import { createContext, useCallback, useContext, useEffect, useMemo, useState } from "react";
-import { anonymousToken, api, on, SessionExpiredError, tokens } from "./api.js";
+import { api, on, SessionExpiredError, tokens } from "./api.js";
 
 const EXPIRED_MESSAGE = "Your session has expired or is invalid, please log in again.";
 const WRONG_PASSWORD = "The password is wrong";
@@ -14,6 +14,8 @@ export function AuthProvider({ children }) {
   // Bumped whenever the identity changes, so that the cart is reloaded.
   const [sessionKey, setSessionKey] = useState(0);
 
+  /** This browser's session is over: forget its tokens (not the device token, which logins
+   * keep sending) and carry on as a visitor. */
   const endSession = useCallback((text) => {
     tokens.clearSession();
     setUser(null);
@@ -23,17 +25,11 @@ export function AuthProvider({ children }) {
 
   useEffect(() => on("expired", () => endSession(EXPIRED_MESSAGE)), [endSession]);
 
-  // On load: resume a stored session, or start as an anonymous visitor.
+  // On load: resume a stored session. A visitor gets an anonymous token only when it first
+  // does something the server keeps (api.js).
   useEffect(() => {
+    if (!tokens.jwt()) return undefined;
     let cancelled = false;
-    if (!tokens.jwt()) {
-      anonymousToken().catch((error) => {
-        if (!cancelled) setMessage(`Could not start a visitor session: ${error.message}`);
-      });
-      return () => {
-        cancelled = true;
-      };
-    }
     api
       .me()
       .then((me) => {
@@ -84,27 +80,14 @@ export function AuthProvider({ children }) {
     }
   }, []);
 
-  /** This browser's session is over: forget it, carry on as an anonymous visitor. */
-  const leave = useCallback(async (text) => {
-    tokens.clearSession();
-    setUser(null);
-    setMessage(text);
-    try {
-      await anonymousToken();
-    } catch (error) {
-      setMessage(`${text} (could not start a visitor session: ${error.message})`);
-    }
-    setSessionKey((key) => key + 1);
-  }, []);
-
   const logout = useCallback(async () => {
     try {
       await api.logout();
     } catch {
       // The session ends on this side whatever the server answered.
     }
-    await leave("Logged out");
-  }, [leave]);
+    endSession("Logged out");
+  }, [endSession]);
 
   /** Runs an account action; true on success, else the error is shown. */
   const attempt = useCallback(async (action) => {
@@ -122,9 +105,9 @@ export function AuthProvider({ children }) {
     () =>
       attempt(async () => {
         await api.logoutAll();
-        await leave("Logged out on every device");
+        endSession("Logged out on every device");
       }),
-    [attempt, leave],
+    [attempt, endSession],
   );
 
   const changePassword = useCallback(
@@ -140,9 +123,9 @@ export function AuthProvider({ children }) {
     (password) =>
       attempt(async () => {
         await api.deleteAccount(password);
-        await leave("Account deleted");
+        endSession("Account deleted");
       }),
-    [attempt, leave],
+    [attempt, endSession],
   );
 
   const value = useMemo(

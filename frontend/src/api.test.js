@@ -1,5 +1,7 @@
 // Unit tests of the token handling in api.js (Node environment: fetch and
-// localStorage are replaced by small fakes).
+// localStorage are replaced by small fakes). The proof-of-work challenges are
+// real ones (altcha-lib creates and verifies them), solved by challenge.js.
+import { createChallenge, verifySolution } from "altcha-lib/v1";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { api, formatDetail, on, SessionExpiredError, tokens } from "./api.js";
 
@@ -134,17 +136,19 @@ describe("anonymous visitor", () => {
         issued += 1;
         return json(200, { access_token: `anon${issued}`, token_type: "bearer", expires_in: 60 });
       }
-      return bearer === "anon2" ? json(200, { items: [] }) : json(401, { detail: "Invalid token" });
+      return bearer === "anon2"
+        ? json(200, { items: [{ item_id: 1, quantity: 1 }] })
+        : json(401, { detail: "Invalid token" });
     });
     vi.stubGlobal("fetch", fetch);
 
-    await expect(api.cart()).resolves.toEqual({ items: [] });
+    await expect(api.setCartQuantity(1, 1)).resolves.toEqual({ items: [{ item_id: 1, quantity: 1 }] });
 
     expect(calls.map((call) => [call.path, call.bearer])).toEqual([
       ["/anonymous-login", null],
-      ["/cart", "anon1"],
+      ["/cart/items/1", "anon1"],
       ["/anonymous-login", null],
-      ["/cart", "anon2"],
+      ["/cart/items/1", "anon2"],
     ]);
     expect(tokens.anonymous()).toBe("anon2");
   });
@@ -214,5 +218,210 @@ describe("personalisation calls", () => {
       { path: "/favourites/3", method: "DELETE", bearer: "visitor", body: undefined },
       { path: "/preferences", method: "PATCH", bearer: "visitor", body: { theme: "dark" } },
     ]);
+  });
+});
+
+describe("a visitor without a token", () => {
+  it("reads the catalogue without a token and asks for one only for something kept on the server", async () => {
+    const { fetch, calls } = fakeFetch((path, init, bearer) => {
+      if (path === "/anonymous-login") {
+        return json(200, { access_token: "anon", token_type: "bearer", expires_in: 60 });
+      }
+      if (path === "/items/") return json(200, { message: "Hello", items: [{ id: 1 }] });
+      return bearer === "anon" ? json(200, { items: [1] }) : json(401, { detail: "Not authenticated" });
+    });
+    vi.stubGlobal("fetch", fetch);
+
+    const [prefs, items, cart, favs] = await Promise.all([
+      api.preferences(),
+      api.items(),
+      api.cart(),
+      api.favourites(),
+    ]);
+
+    expect(prefs).toEqual({ sort: "catalogue", theme: "system" });
+    expect(items.items).toEqual([{ id: 1 }]);
+    expect(cart).toEqual({ items: [] });
+    expect(favs).toEqual({ items: [] });
+    expect(calls).toEqual([{ path: "/items/", method: "GET", bearer: null, body: undefined }]);
+    expect(tokens.anonymous()).toBeNull();
+
+    await expect(api.addFavourite(1)).resolves.toEqual({ items: [1] });
+    expect(calls.slice(1).map((call) => [call.path, call.bearer])).toEqual([
+      ["/anonymous-login", null],
+      ["/favourites/1", "anon"],
+    ]);
+    expect(tokens.anonymous()).toBe("anon");
+  });
+
+  it("drops an expired anonymous token on a read instead of asking for a new one", async () => {
+    tokens.saveAnonymous("expired");
+    const { fetch, calls } = fakeFetch((path, init, bearer) =>
+      bearer ? json(401, { detail: "Signature has expired" }) : json(200, { items: [{ id: 2 }] }),
+    );
+    vi.stubGlobal("fetch", fetch);
+
+    await expect(api.items("price")).resolves.toEqual({ items: [{ id: 2 }] });
+    await expect(api.cart()).resolves.toEqual({ items: [] });
+
+    expect(calls.map((call) => [call.path, call.bearer])).toEqual([
+      ["/items/?sort=price", "expired"],
+      ["/items/?sort=price", null],
+    ]);
+    expect(tokens.anonymous()).toBeNull();
+  });
+});
+
+describe("device token", () => {
+  const session = (device) => ({
+    token: "access",
+    token_type: "bearer",
+    expires_in: 1800,
+    refresh_token: "r1",
+    device_token: device,
+  });
+
+  it("is kept across a logout and sent with the next login, and a new one replaces it", async () => {
+    const issued = ["device-1", "device-2"];
+    const { fetch, calls } = fakeFetch((path) =>
+      path === "/users/login" ? json(200, session(issued.shift())) : new Response(null, { status: 204 }),
+    );
+    vi.stubGlobal("fetch", fetch);
+
+    await api.login("Alice", "secret-password");
+    expect(calls[0].body).toEqual({ username: "Alice", password: "secret-password" });
+    expect(tokens.device("alice")).toBe("device-1");
+
+    await api.logout();
+    expect(tokens.jwt()).toBeNull();
+    expect(tokens.refresh()).toBeNull();
+    expect(tokens.device("Alice")).toBe("device-1");
+
+    await api.login("alice", "secret-password");
+    expect(calls[2]).toMatchObject({
+      path: "/users/login",
+      body: { username: "alice", password: "secret-password", device_token: "device-1" },
+    });
+    expect(tokens.device("alice")).toBe("device-2");
+  });
+
+  it("is kept per account: another account's login neither sends nor replaces it", async () => {
+    tokens.saveDevice("alice", "alice-device");
+    const { fetch, calls } = fakeFetch(() => json(200, session("bob-device")));
+    vi.stubGlobal("fetch", fetch);
+
+    await api.login("bob", "secret-password");
+
+    expect(calls[0].body).toEqual({ username: "bob", password: "secret-password" });
+    expect(tokens.device("alice")).toBe("alice-device");
+    expect(tokens.device("bob")).toBe("bob-device");
+  });
+
+  it("survives a wrong password", async () => {
+    tokens.saveDevice("alice", "alice-device");
+    vi.stubGlobal(
+      "fetch",
+      fakeFetch(() => json(401, { detail: "Invalid username and/or password" })).fetch,
+    );
+
+    await expect(api.login("alice", "wrong-password")).rejects.toMatchObject({ status: 401 });
+    expect(tokens.device("alice")).toBe("alice-device");
+  });
+});
+
+describe("challenge", () => {
+  const HMAC_KEY = "unit-test-hmac-key";
+  const CHALLENGE_REQUIRED = { detail: "Too many failed logins", challenge_required: true };
+
+  /** A real ALTCHA v1 challenge, written as the server's Python altcha writes it (maxNumber). */
+  async function serverChallenge() {
+    const expires = new Date(Date.now() + 60_000);
+    const { maxnumber, ...rest } = await createChallenge({ hmacKey: HMAC_KEY, maxNumber: 2000, expires });
+    return { ...rest, maxNumber: maxnumber };
+  }
+
+  /** A server whose `path` asks for a challenge unless the body carries a valid solution. */
+  function guardedServer(path, answer, { alwaysRefuse = false } = {}) {
+    const verified = [];
+    const fake = fakeFetch(async (url, init, bearer, body) => {
+      if (url === "/challenge") return json(200, await serverChallenge());
+      if (url !== path) return json(404, { detail: "Not Found" });
+      if (body?.altcha) verified.push(await verifySolution(body.altcha, HMAC_KEY));
+      if (alwaysRefuse || !verified.at(-1)) {
+        return new Response(JSON.stringify(CHALLENGE_REQUIRED), {
+          status: 429,
+          headers: { "Content-Type": "application/json", "Retry-After": "60" },
+        });
+      }
+      return json(200, answer);
+    });
+    return { ...fake, verified };
+  }
+
+  it("is solved when a login is told challenge_required, and the login retried once", async () => {
+    const { fetch, calls, verified } = guardedServer("/users/login", {
+      token: "access",
+      token_type: "bearer",
+      expires_in: 1800,
+      refresh_token: "r1",
+      device_token: "device-1",
+    });
+    vi.stubGlobal("fetch", fetch);
+    const events = [];
+    const unsubscribe = on("challenge", (solving) => events.push(solving));
+
+    await api.login("alice", "secret-password");
+
+    unsubscribe();
+    expect(calls.map((call) => call.path)).toEqual(["/users/login", "/challenge", "/users/login"]);
+    expect(calls[0].body).toEqual({ username: "alice", password: "secret-password" });
+    expect(calls[2].body).toMatchObject({ username: "alice", password: "secret-password" });
+    expect(verified).toEqual([true]);
+    expect(events).toEqual([true, false]);
+    expect(tokens.jwt()).toBe("access");
+    expect(tokens.device("alice")).toBe("device-1");
+  });
+
+  it("is solved once only: a second refusal is the answer", async () => {
+    const { fetch, calls, verified } = guardedServer("/users/login", {}, { alwaysRefuse: true });
+    vi.stubGlobal("fetch", fetch);
+
+    await expect(api.login("alice", "secret-password")).rejects.toMatchObject({
+      status: 429,
+      message: "Too many failed logins",
+    });
+    expect(calls.map((call) => call.path)).toEqual(["/users/login", "/challenge", "/users/login"]);
+    expect(verified).toEqual([true]);
+    expect(tokens.jwt()).toBeNull();
+  });
+
+  it("is not asked for on a refusal without challenge_required", async () => {
+    const { fetch, calls } = fakeFetch(() => json(429, { detail: "Too many requests" }));
+    vi.stubGlobal("fetch", fetch);
+
+    await expect(api.login("alice", "secret-password")).rejects.toMatchObject({ status: 429 });
+    expect(calls.map((call) => call.path)).toEqual(["/users/login"]);
+  });
+
+  it("admits a new visitor past the service's bound, then keeps its cart", async () => {
+    const { fetch, calls, verified } = guardedServer("/anonymous-login", {
+      access_token: "anon",
+      token_type: "bearer",
+      expires_in: 60,
+    });
+    const cart = { items: [{ item_id: 2, quantity: 1 }] };
+    vi.stubGlobal("fetch", async (url, init) =>
+      url === "/cart/items/2" ? json(200, cart) : fetch(url, init),
+    );
+
+    await expect(api.setCartQuantity(2, 1)).resolves.toEqual(cart);
+
+    expect(calls.map((call) => [call.path, call.body === undefined ? "no body" : "altcha"])).toEqual([
+      ["/anonymous-login", "no body"],
+      ["/challenge", "no body"],
+      ["/anonymous-login", "altcha"],
+    ]);
+    expect(verified).toEqual([true]);
+    expect(tokens.anonymous()).toBe("anon");
   });
 });

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import secrets
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import Browser, Locator, Page, Playwright, expect
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Playwright, expect
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # tests/server.py, also when make_screenshot.py runs alone
@@ -90,6 +91,38 @@ def jwt_claims(token: str) -> dict:
     """The payload of a JWT, unverified (to read its exp)."""
     payload = token.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+# --- what the page reports (also the CSP test's) ---------------------------------------------
+
+# Records `securitypolicyviolation` events; an init script is injected by the browser itself, so
+# the page's own CSP does not stop it.
+RECORD_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener('securitypolicyviolation', (event) => {
+  window.__cspViolations.push(`${event.violatedDirective} blocked ${event.blockedURI || 'inline'}`);
+});
+"""
+
+
+def watch(page: Page) -> list[str]:
+    """Console errors and CSP violations of ``page`` from now on. Chromium also logs every 4xx
+    answer as a console error ("Failed to load resource"); those are expected answers here."""
+    problems: list[str] = []
+    page.add_init_script(RECORD_VIOLATIONS)
+
+    def on_console(msg: ConsoleMessage) -> None:
+        expected = re.match(r"Failed to load resource: the server responded with a status of 4\d\d", msg.text)
+        if (msg.type == "error" and not expected) or "Content Security Policy" in msg.text:
+            problems.append(f"console {msg.type}: {msg.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
+    return problems
+
+
+def violations(page: Page) -> list[str]:
+    return page.evaluate("() => window.__cspViolations")
 
 
 # --- UI steps -------------------------------------------------------------------------------

@@ -15,21 +15,13 @@ from browser_support import (
     register_and_login,
     storage,
     unique_username,
+    violations,
+    watch,
 )
-from playwright.sync_api import ConsoleMessage, Page, expect
+from playwright.sync_api import Page, expect
 
 NEW_PASSWORD = "battery-staple-43"
 WRONG_PASSWORD = "The password is wrong"
-
-# Records `securitypolicyviolation` events; an init script is injected by the browser itself, so
-# the page's own CSP does not stop it.
-RECORD_VIOLATIONS = """
-window.__cspViolations = [];
-document.addEventListener('securitypolicyviolation', (event) => {
-  window.__cspViolations.push(`${event.violatedDirective} blocked ${event.blockedURI || 'inline'}`);
-});
-"""
-
 
 def account_panel(page: Page):
     return page.get_by_role("region", name="Account")
@@ -46,26 +38,6 @@ def delete_account(page: Page, password: str) -> None:
     form = account_panel(page).get_by_role("form", name="Delete account")
     form.get_by_label("Password to confirm").fill(password)
     form.get_by_role("button", name="Delete my account").click()
-
-
-def watch(page: Page) -> list[str]:
-    """Console errors and CSP violations of ``page`` from now on. Chromium also logs every 4xx
-    answer as a console error ("Failed to load resource"); those are expected answers here."""
-    problems: list[str] = []
-    page.add_init_script(RECORD_VIOLATIONS)
-
-    def on_console(msg: ConsoleMessage) -> None:
-        expected = re.match(r"Failed to load resource: the server responded with a status of 4\d\d", msg.text)
-        if (msg.type == "error" and not expected) or "Content Security Policy" in msg.text:
-            problems.append(f"console {msg.type}: {msg.text}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
-    return problems
-
-
-def violations(page: Page) -> list[str]:
-    return page.evaluate("() => window.__cspViolations")
 
 
 def test_change_password_logs_out_the_other_browser(make_page: Callable[[str], Page], server: Server) -> None:
@@ -117,7 +89,8 @@ def test_delete_account_asks_for_the_password(page: Page) -> None:
     expect(page.get_by_role("form", name="Login")).to_be_visible()
     expect(account_panel(page)).to_have_count(0)
     assert storage(page)["jwt"] is None
-    page.wait_for_function("() => localStorage.getItem('anonymous_token') !== null")  # a visitor again
+    catalogue_loaded(page)  # a visitor again, with no token until it keeps something on the server
+    assert storage(page)["anonymous_token"] is None
 
     login(page, name)
     expect(message(page)).to_have_text("Invalid username and/or password")

@@ -1,15 +1,14 @@
 import { useCallback, useEffect, useMemo, useState } from "react";
-import { api, SessionExpiredError } from "../api.js";
+import { api, DEFAULT_PREFERENCES, SessionExpiredError } from "../api.js";
 import { useAuth } from "../AuthContext.jsx";
 import Cart from "./Cart.jsx";
 import Items from "./Items.jsx";
 import { ItemDetail, ItemList, ThemeSwitch } from "./Personal.jsx";
 
-const DEFAULT_PREFERENCES = { sort: "catalogue", theme: "system" };
-
 /** Loads the catalogue, the cart, the favourites and the preferences of the current identity
  * (anonymous or registered); all of them live on the server, so they follow the visitor into
- * the account and to another browser. */
+ * the account and to another browser. A visitor without a token sees the catalogue and an empty
+ * cart; its first change asks for an anonymous token (api.js). */
 export default function Shop() {
   const { sessionKey, setMessage } = useAuth();
   const [catalogue, setCatalogue] = useState({ items: [], recently_viewed: [], recommended: [] });
