@@ -79,6 +79,11 @@ class HashGate:
         self._oldest: _Job | None = None
         self._overtaken = 0  # how often the oldest waiting job has been passed over by later ones
 
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for a slot now (``metrics.auth_hash_queue_depth``)."""
+        return self._live
+
     def _tag(self, client: str) -> int:
         return max(self._virtual, self._next_tag.get(client, 0))
 
