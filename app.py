@@ -236,15 +236,6 @@ async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
                         status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
 
 
-async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-    """An unexpected failure: a JSON 500 whose body names the request (its id is in the log
-    lines), and nothing about the failure itself. Starlette re-raises it after this answer, so
-    uvicorn still logs the traceback."""
-    log.error("unhandled %s; answered 500", type(exc).__name__)
-    return JSONResponse({"detail": "Internal Server Error", "request_id": logs.current_request_id()},
-                        status.HTTP_500_INTERNAL_SERVER_ERROR)
-
-
 async def ready(request: Request) -> JSONResponse:
     """Readiness: the store answers (PostgreSQL reachable; the JSON store loaded). Unlike
     ``/health`` (liveness) it touches the store, so an orchestrator stops sending traffic to a
@@ -307,7 +298,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
-    app.add_exception_handler(Exception, internal_error)
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, str]:

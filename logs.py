@@ -33,6 +33,7 @@ from starlette.types import Scope
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 _SANE_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 ACCESS = logging.getLogger("farm.access")
+log = logging.getLogger("uvicorn.error")  # the app's other lines go where uvicorn's own do
 _state: dict[str, Any] = {"configured": None, "access": False}
 
 

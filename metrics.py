@@ -175,7 +175,7 @@ class Observe:
         started = time.perf_counter()
         rid = logs.request_id_of(scope)
         token = logs.REQUEST_ID.set(rid)
-        status = 500
+        status = 0
         header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -187,7 +187,18 @@ class Observe:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # A bug: a JSON 500 that names the request and nothing of the failure; re-raised, so
+            # uvicorn still logs the traceback (Starlette's own 500 answer would carry no id).
+            logs.log.error("unhandled %s; answered 500", type(exc).__name__)
+            if not status:
+                body = b'{"detail":"Internal Server Error","request_id":"' + rid.encode() + b'"}'
+                await send_with_id({"type": "http.response.start", "status": 500, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+            raise
         finally:
+            status = status or 500
             took = time.perf_counter() - started
             method = scope["method"] if scope["method"] in METHODS else "other"
             route = route_label(scope)
