@@ -203,6 +203,7 @@ class Server:
     def served_by(self, request_line: str) -> Counter[int]:
         """How many access-log lines each worker wrote for ``request_line`` (e.g. ``"GET /users/me"``)."""
         counts: Counter[int] = Counter()
+        request_line = request_line.split("?", 1)[0]  # the access line names the route, not the query
         for line in self.stdout.splitlines():
             if f'"{request_line} ' in line and line.startswith("pid="):
                 counts[int(line.split(None, 1)[0].removeprefix("pid="))] += 1

@@ -256,7 +256,8 @@ async def test_logins_over_the_hashing_queue_bound_get_503_at_once(tmp_path: Pat
         busy = [r for r in answers if r.status_code == 503]
         assert busy and all(r.status_code == 401 for r in answers if r not in busy)
         assert all(retry_after(r) >= 1 and r.json() == {"detail": "Too many logins and registrations in progress; "
-                                                                  "try again shortly"} for r in busy)
+                                                                  "try again shortly",
+                                                        "request_id": r.headers["x-request-id"]} for r in busy)
         assert (await client.login("marko", "marko123")).status_code == 200  # once the queue has drained
 
 
