@@ -9,8 +9,15 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench screenshot spa spa-if-npm chromium postgres migrate import-json clean
 
+# /metrics sums the workers' figures through files in METRICS_DIR (prometheus-client's multiprocess
+# mode): emptied at each start, as a restarted service's counters start from zero. The app writes the
+# access log itself (logs.py), in place of uvicorn's.
+WORKERS     ?= 1
+METRICS_DIR ?= $(CURDIR)/.metrics
 run: $(VENV)/.installed spa-if-npm
-	$(VENV)/bin/uvicorn app:app --host $(HOST) --port $(PORT)
+	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
+	PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(VENV)/bin/uvicorn app:app --host $(HOST) --port $(PORT) \
+	  --workers $(WORKERS)
 
 test: $(VENV)/.installed-dev $(SPA) chromium postgres
 	cd frontend && npm test

@@ -90,6 +90,7 @@ class HashGate:
 
     @property
     def waiting(self) -> int:
+        """Jobs waiting for a slot now (``metrics.auth_hash_queue_depth``)."""
         return self._live
 
     def _tag(self, client: str) -> int:

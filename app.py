@@ -5,6 +5,7 @@ Run it with ``uvicorn app:app`` (add ``--reload`` while developing, ``--workers 
 
 import asyncio
 import logging
+import multiprocessing
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,10 +20,12 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute, request_response
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import logs
+import metrics
 from admission import EarlyRetries
 from authentication import AuthHandler
 from deps import COMMON_ERRORS, MAX_BODY_BYTES, client_address
@@ -35,6 +38,7 @@ from trust import Trust
 
 log = logging.getLogger("uvicorn.error")
 MAX_HEADER_BYTES = 16 * 1024
+READY_TIMEOUT_SECONDS = 2.0  # a readiness probe answers 503 rather than hang on a database
 MAINTENANCE_SECONDS = 3600
 SHARE_COUNTS_SECONDS = 1.0
 VIEW_FLUSH_SECONDS = 1.0  # views are written at most this often per worker (store.py: record_view)
@@ -69,6 +73,9 @@ def _limiter(store: Store, settings: Settings) -> RateLimiter:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    metrics.forget_dead_workers()
+    if not metrics.MULTIPROC_DIR and multiprocessing.parent_process() is not None:
+        log.warning("PROMETHEUS_MULTIPROC_DIR is not set: under --workers, /metrics shows one worker's figures")
     store = build_store(settings)
     try:
         await store.open()
@@ -106,6 +113,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.exception("writing the request counts and browsing history at shutdown failed")
         await store.close()  # JSON: waits for queued writes and folds the journal
         auth.close()
+        metrics.worker_stopped()
 
 
 class HeaderLimit:
@@ -208,8 +216,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     that came back too early is answered no sooner than that (``admission.EarlyRetries``)."""
     assert isinstance(exc, StarletteHTTPException)  # FastAPI raises Starlette's for this one
     await _pace_refusal(request, exc.status_code, exc.detail, exc.headers)
-    if getattr(exc, "challenge_required", False):
-        return JSONResponse({"detail": exc.detail, "challenge_required": True}, exc.status_code, headers=exc.headers)
+    if getattr(exc, "challenge_required", False) or exc.status_code >= 500:
+        body: dict[str, object] = {"detail": exc.detail}
+        if getattr(exc, "challenge_required", False):  # a solved challenge would have got it in
+            body["challenge_required"] = True
+        if exc.status_code >= 500:  # a 5xx names its request, for the operator's logs
+            body["request_id"] = logs.current_request_id()
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
     cause = exc.__cause__
     if exc.status_code != status.HTTP_400_BAD_REQUEST or exc.detail != BODY_PARSE_ERROR or cause is None:
         return await http_exception_handler(request, exc)
@@ -243,8 +256,33 @@ async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     if time.monotonic() - _last_unavailable_log >= 1:  # an outage under load: a line a second, not one a request
         _last_unavailable_log = time.monotonic()
         log.warning("store unavailable: %s", exc)
-    return JSONResponse({"detail": "Database unavailable; try again shortly"}, status.HTTP_503_SERVICE_UNAVAILABLE,
-                        headers={"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
+    return JSONResponse({"detail": "Database unavailable; try again shortly", "request_id": logs.current_request_id()},
+                        status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
+
+
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: the store answers (PostgreSQL reachable; the JSON store loaded). Unlike
+    ``/health`` (liveness) it touches the store, so an orchestrator stops sending traffic to a
+    process whose database is gone, without restarting it."""
+    store: Store | None = getattr(request.app.state, "store", None)
+    try:
+        if store is None:
+            raise StoreUnavailable("the store is not open")
+        await asyncio.wait_for(store.ping(), READY_TIMEOUT_SECONDS)
+    except (StoreUnavailable, TimeoutError):
+        return JSONResponse({"detail": "Store unavailable", "request_id": logs.current_request_id()},
+                            status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": str(STORE_UNAVAILABLE_RETRY_AFTER)})
+    return JSONResponse({"status": "ready"})
+
+
+class ReadyOut(BaseModel):
+    status: str
+
+
+class ReadyError(BaseModel):
+    detail: str
+    request_id: str
 
 
 def config_errors(exc: ValidationError) -> str:
@@ -263,6 +301,7 @@ def swagger_ui_html(title: str, self_hosted: bool) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    logs.configure(settings.log_format)
     swagger = settings.frontend_dir / "swagger"
     self_hosted_docs = (swagger / "swagger-ui-bundle.js").is_file()
     app = FastAPI(title="FARM auth", version="1.0.0", lifespan=lifespan, redoc_url=None, docs_url=None,
@@ -275,15 +314,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
     app.add_middleware(HeaderLimit)  # before anything reads a header
-    app.add_middleware(SecurityHeaders, headers=headers, docs_headers=docs_headers,  # outermost: every
-                       token_paths=TOKEN_PATHS)  # answer gets them, a 431 too
+    app.add_middleware(SecurityHeaders, headers=headers, docs_headers=docs_headers,  # every answer gets
+                       token_paths=TOKEN_PATHS)  # them, a 431 too
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    app.add_middleware(metrics.Observe, token=token,  # outermost: every answer has an X-Request-ID, is
+                       enabled=settings.metrics_enabled)  # counted and logged; it answers /metrics itself
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, str]:
+        """Liveness: the process serves. It never touches the store (see ``/health/ready``)."""
         return {"status": "ok"}
+
+    app.add_api_route("/health/ready", ready, methods=["GET"], tags=["meta"], response_model=ReadyOut, responses={
+        200: {"description": "The store answers"},
+        503: {"model": ReadyError, "description": "The store does not answer (the database is unreachable); "
+              "see Retry-After"}})
 
     # Routes are tried in order and each miss costs microseconds: hot routes first.
     for router in (users.router, shop.router, personal.router, anonymous.router):

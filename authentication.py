@@ -19,6 +19,7 @@ from typing import Any
 import jwt
 from passlib.context import CryptContext
 
+import metrics
 from admission import OTHER, ClientGone, HashGate, Overloaded, Watch
 from models import normalize_password
 
@@ -71,16 +72,16 @@ class AuthHandler:
         """The hash of the NFKC form of ``password`` (``models.normalize_password``), in the pool,
         admitted by ``hashing`` (``client``'s queue in class ``priority``; ``watch`` returns once
         the client has gone): raises ``Overloaded`` or ``ClientGone`` instead of hashing."""
-        return await self.hashing.run(client, watch, self.pwd_context.hash, normalize_password(password),
-                                      priority=priority)
+        return await metrics.timed_hash(self.hashing, client, watch, self.pwd_context.hash,
+                                        normalize_password(password), priority=priority)
 
     async def verify_password(self, password: str, hashed: str | None, client: str = "",
                               watch: Watch | None = None, priority: int = OTHER) -> bool:
         """Check ``password``; with no hash (unknown user) check a dummy one, so both cases take
         the same time and the response does not reveal which usernames exist. Admitted like
         ``get_password_hash``."""
-        ok = await self.hashing.run(client, watch, self._verify, password, hashed or self._dummy_hash,
-                                    priority=priority)
+        ok = await metrics.timed_hash(self.hashing, client, watch, self._verify, password,
+                                      hashed or self._dummy_hash, priority=priority)
         return ok and hashed is not None
 
     async def check_password(self, password: str, hashed: str | None, client: str = "",

@@ -34,10 +34,13 @@ import json
 import mmap
 import os
 import struct
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import metrics
 
 Change = tuple[str, str, Any]  # (table, key, value or None to delete)
 Transaction = Callable[[], tuple[Any, list[Change]]]
@@ -315,7 +318,10 @@ class JournaledTables:
         self._pending.append((transaction, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        started = time.perf_counter()
+        result = await future
+        metrics.commit_took(started)  # queued, written and fsync'd: the caller's wait
+        return result
 
     async def _flush(self) -> None:
         try:

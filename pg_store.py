@@ -41,6 +41,7 @@ JSON store, the book's format included, copied in idempotently), both on ``DATAB
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -54,6 +55,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+import metrics
 from authentication import ANONYMOUS_PREFIX
 from models import MAX_QUANTITY, normalize_username
 from store import (
@@ -103,6 +105,9 @@ TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 # broken in the middle of an operation, e.g. "another operation is in progress" during a restart)
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, asyncio.TimeoutError)
 ALL = "*"  # the NOTIFY payload that drops every cached entry
+# The last note of a NOTIFY: when it was sent (store_notify_lag_seconds). Shaped as a session note
+# (``s:`` + a key no session has), so a process of the previous release drops nothing for it.
+SENT_AT = "s:@"
 TABLES = ("users", "anonymous", "cart_items", "history", "favourites", "preferences", "sessions", "device_tokens",
           "spent_challenges",
           "login_failures", "anonymous_logins", "request_counts", "upgraded")
@@ -263,6 +268,10 @@ class PostgresStore:
                 await conn.close()
                 return
 
+    async def ping(self) -> None:
+        """One round trip on a pooled connection (readiness); ``StoreUnavailable`` if it fails."""
+        await self._read(lambda c: c.fetchval("SELECT 1"))
+
     async def close(self) -> None:
         self._closing = True
         if self._listener is not None:
@@ -316,7 +325,11 @@ class PostgresStore:
             await asyncio.sleep(0.2)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._forget(payload.split(" "))
+        notes = payload.split(" ")
+        if notes[-1].startswith(SENT_AT):  # the sender's clock at commit: the lag, for the metric
+            with contextlib.suppress(ValueError):
+                metrics.notify_heard(float(notes.pop().removeprefix(SENT_AT)))
+        self._forget(notes)
 
     def _forget_all(self) -> None:
         self._generation += 1
@@ -369,6 +382,7 @@ class PostgresStore:
         cache drops the same entries right after it."""
         if self._pool is None:
             raise StoreUnavailable("the store is not open")
+        started = time.perf_counter()
         for attempt in range(3):
             try:
                 async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, \
@@ -376,10 +390,11 @@ class PostgresStore:
                     tx = _Tx(conn)
                     result = await fn(tx)
                     if tx.notes:
-                        payload = " ".join(tx.notes)
+                        payload = " ".join([*tx.notes, f"{SENT_AT}{time.time():.6f}"])
                         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload if len(payload) < 7000 else ALL)
                 if tx.notes:
                     self._forget(tx.notes)
+                metrics.commit_took(started)
                 return result
             except TRANSIENT as exc:
                 if attempt == 2:
@@ -408,7 +423,9 @@ class PostgresStore:
     async def get_user(self, user_id: str) -> User | None:
         entry = self._users.get(user_id)
         if entry is not None and time.monotonic() - entry[0] < CACHE_SECONDS:
+            metrics.cache_lookup(True)
             return entry[1]
+        metrics.cache_lookup(False)
         generation = self._generation
         row = await self._read(lambda c: c.fetchrow("SELECT id, username, password FROM users WHERE id = $1", user_id))
         if row is None:
@@ -493,7 +510,9 @@ class PostgresStore:
     async def _visitor(self, anonymous_id: str) -> Visitor | None:
         entry = self._visitors.get(anonymous_id)
         if entry is not None and time.monotonic() - entry[0] < CACHE_SECONDS:
+            metrics.cache_lookup(True)
             return entry[1]
+        metrics.cache_lookup(anonymous_id in self._gone)
         if anonymous_id in self._gone:
             return None
         generation = self._generation
@@ -597,7 +616,9 @@ class PostgresStore:
         in the last ``CACHE_SECONDS`` and no revocation has been heard since."""
         entry = self._sessions.get(session_id)
         if entry is not None and entry[1].id == user_id and time.monotonic() - entry[0] < CACHE_SECONDS:
+            metrics.cache_lookup(True)
             return entry[1]
+        metrics.cache_lookup(session_id in self._gone)
         if session_id in self._gone:
             return None
         generation = self._generation

@@ -11,7 +11,7 @@ import secrets
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(10, ge=1, le=1000, description="PostgreSQL connections per worker process")
     database_startup_timeout_seconds: float = Field(30, ge=0, description="retry an unreachable database this "
                                                     "long at start-up, then exit (code 3)")
+    metrics_token: SecretStr | None = Field(None, description="set: GET /metrics needs it as a Bearer token; "
+                                            "unset: /metrics answers loopback clients only")
+    metrics_enabled: bool = Field(True, description="false: no /metrics, nothing counted (the bench's baseline)")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -148,6 +148,7 @@ class Visitor:
 class Lifecycle(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...  # after the last request: waits for queued writes
+    async def ping(self) -> None: ...  # readiness: returns once the store answers, else StoreUnavailable
 
 
 class AccountStore(Protocol):
@@ -312,6 +313,9 @@ class JsonStore:
 
     async def open(self) -> None:
         await asyncio.to_thread(self._db.open)  # reads the files: off the event loop
+
+    async def ping(self) -> None:
+        """Loaded at ``open`` (the service does not serve before): always ready."""
 
     async def close(self) -> None:
         """Wait for queued writes, then fold the journal into ``users.json`` (off the event loop)."""

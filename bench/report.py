@@ -226,6 +226,11 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
                             note=_invalid(personal[field], personal["health"])))
         else:
             rows.append(Row(key, num, name, _users(cmp_n), "≥ 0.6", "n/a: route missing"))
+    rows.append(Row(
+        "metrics_cost", "13", "GET /users/me req/s, metrics on ÷ off", _users(cmp_n), "≥ 0.95",
+        Stat.of(_ratios(_rps(at[cmp_n]["me"]), _rps(ours["metrics_off_me"]))), check=(">=", 0.95),
+        note=_invalid(ours["metrics_off_me"]),
+    ))
     rows += postgres_rows(raw)
     return rows
 

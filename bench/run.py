@@ -291,9 +291,11 @@ class Bench:
         self._logs += 1
         return self.workdir / "logs" / f"{self._logs:03d}-{name}.log"
 
-    def ours(self, n_users: int, rounds: int = 4, storm_user: bool = False) -> Server:
+    def ours(self, n_users: int, rounds: int = 4, storm_user: bool = False,
+             extra_env: dict[str, str] | None = None, label: str = "") -> Server:
         store = self.stores.fresh(n_users, with_storm_user=storm_user)
-        return start_ours(self.ours_dir, store, self.secret, rounds, self.log_path(f"ours-{n_users}"))
+        return start_ours(self.ours_dir, store, self.secret, rounds, self.log_path(f"ours-{n_users}{label}"),
+                          extra_env)
 
     def throughput(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """/health and /users/me on ours at every store size and on the peer, all interleaved.
@@ -315,6 +317,10 @@ class Bench:
                 auth = {"Authorization": f"Bearer {login_ours(srv.port, username_of(1))}"}
                 targets[f"ours {n} health"] = (srv.port, RequestSpec("/health"))
                 targets[f"ours {n} me"] = (srv.port, RequestSpec("/users/me", headers=auth))
+            # Row 13: the same /users/me on a server that counts nothing (METRICS_ENABLED=false)
+            off = self.ours(cfg.compare_size, extra_env={"METRICS_ENABLED": "false"}, label="-metrics-off")
+            targets["ours metrics off me"] = (off.port, RequestSpec("/users/me", headers={
+                "Authorization": f"Bearer {login_ours(off.port, username_of(1))}"}))
             if self.with_peer:
                 peer, peer_out = self.start_peer()
                 targets["peer health"] = (peer.port, RequestSpec("/health"))
@@ -327,6 +333,8 @@ class Bench:
                 health, me = res[f"ours {n} health"], res[f"ours {n} me"]
                 ours["sizes"][str(n)] = {"health": health, "me": me, "ready_seconds": servers[n].ready_seconds}
                 say(f"  ours {n:>7,} users: /health {_brief(health)}; /users/me {_brief(me)}")
+            ours["metrics_off_me"] = res["ours metrics off me"]
+            say(f"  ours {cfg.compare_size:>7,} users, metrics off: /users/me {_brief(ours['metrics_off_me'])}")
             if peer_out is not None:
                 peer_out.update(health=res["peer health"], me=res["peer me"])
                 say(f"  peer {cfg.compare_size:>7,} users: /health {_brief(peer_out['health'])}; "

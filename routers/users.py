@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 import accounts
+import metrics
 from accounts import INVALID_LOGIN, Caller, Proof
 from authentication import AuthHandler, TokenError
 from deps import (
@@ -100,8 +101,13 @@ def _caller(request: Request, client: str, anonymous: str | None) -> Caller:
 async def register(body: UserCreate, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
                    limiter: LimiterDep, anonymous: OptionalAnonymous) -> dict[str, str]:
     """Create an account. Sent with an anonymous visitor's token, the visitor's data moves into it."""
-    user = await accounts.register(body.username, body.password, _caller(request, client, anonymous),
-                                   store, auth, limiter)
+    try:
+        user = await accounts.register(body.username, body.password, _caller(request, client, anonymous),
+                                       store, auth, limiter)
+    except HTTPException as exc:
+        metrics.record_registration(metrics.refusal_outcome(exc))
+        raise
+    metrics.record_registration("created")
     return {"id": user.id, "username": user.username}
 
 
@@ -119,8 +125,13 @@ async def login(body: LoginRequest, request: Request, client: ClientAddress, sto
     """Trade a username and password for an access token, a refresh token and a device token.
     Send the device token with every later login from this device: a stranger's failed logins
     never lock it out."""
-    done = await accounts.login(body.username, body.password, _caller(request, client, anonymous),
-                                Proof(body.device_token, body.altcha), store, auth, trust, limiter, settings)
+    try:
+        done = await accounts.login(body.username, body.password, _caller(request, client, anonymous),
+                                    Proof(body.device_token, body.altcha), store, auth, trust, limiter, settings)
+    except HTTPException as exc:
+        metrics.record_login(metrics.refusal_outcome(exc))
+        raise
+    metrics.record_login("success")
     return {**_tokens(auth, done.user, done.session_id, done.refresh_jti), "device_token": done.device_token}
 
 
@@ -134,13 +145,19 @@ async def refresh(body: RefreshRequest, store: StoreDep, auth: AuthDep, settings
     try:
         claims = auth.decode_token(body.refresh_token, kinds=("refresh",))
     except TokenError as exc:
+        metrics.record_refresh("invalid")
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
-    rotated = await store.rotate_session(claims["sid"], claims["sub"], claims["jti"], uuid.uuid4().hex,
+    live = await store.session_user(claims["sid"], claims["sub"])  # for the metric: was a live session ended?
+    rotated = await store.rotate_session(claims["sid"], claims["sub"], claims["jti"], new_jti := uuid.uuid4().hex,
                                          time.time() + auth.refresh_seconds, settings.refresh_reuse_grace_seconds,
                                          settings.session_max_days * 86400)
     user = await store.get_user(claims["sub"])
     if rotated is None or user is None:
+        metrics.record_refresh("reuse_detected" if rotated is None and live is not None else "invalid")
+        if rotated is None and live is not None:
+            metrics.session_ended("reuse_detected")
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid token")
+    metrics.record_refresh("rotated" if rotated.jti == new_jti else "grace")
     return _tokens(auth, user, claims["sid"], rotated.jti, rotated.expires_at)
 
 
@@ -148,6 +165,7 @@ async def refresh(body: RefreshRequest, store: StoreDep, auth: AuthDep, settings
 async def logout(user: CurrentUser, store: StoreDep, auth: AuthDep, body: LogoutRequest | None = None) -> Response:
     """End this login session: its access and refresh tokens are refused from now on."""
     await store.end_session(user.session_id or "")
+    metrics.session_ended("logout")
     if body and body.refresh_token:
         try:
             claims = auth.decode_token(body.refresh_token, kinds=("refresh",))
@@ -162,6 +180,7 @@ async def logout(user: CurrentUser, store: StoreDep, auth: AuthDep, body: Logout
 async def logout_all(user: CurrentUser, store: StoreDep) -> Response:
     """End every session of this account, on every device, and revoke its device tokens."""
     await store.end_all_sessions(user.id)
+    metrics.session_ended("logout_all")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -173,6 +192,7 @@ async def change_password(body: PasswordChange, request: Request, client: Client
     if not await accounts.change_password(user, body.current_password, body.new_password,
                                           _caller(request, client, None), store, auth, trust, settings):
         raise unauthorized("Invalid token")  # deleted meanwhile
+    metrics.session_ended("password_change")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -183,4 +203,5 @@ async def delete_me(body: AccountDeletion, request: Request, client: ClientAddre
     sessions. The body repeats the password."""
     await accounts.reauthenticate(user, body.password, _caller(request, client, None), store, auth, trust, settings)
     await store.delete_user(user.id)
+    metrics.session_ended("account_deleted")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -9,7 +9,8 @@ No pytest in here: the tests decide what a failure means. Each server logs to fi
 beside the store (``logs-<port>/``, so the test's tmp dir cleans it up); ``stderr`` and ``stdout``
 (the access log) read them. Every log line carries the
 pid of the process that wrote it, so a test can tell which worker answered a request
-(``served_by``).
+(``served_by``). Each server gets its own, empty, ``PROMETHEUS_MULTIPROC_DIR`` there too (unless the
+test sets one), so ``/metrics`` sums its workers and no other server's.
 """
 
 import copy
@@ -92,6 +93,8 @@ class Server:
     def launch(self) -> Self:
         """Start the process without waiting for it to serve."""
         self._logs.mkdir(parents=True, exist_ok=True)
+        if "PROMETHEUS_MULTIPROC_DIR" not in self.env:  # kept across a restart of this server, like its store
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self._logs / "metrics")
         command = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(self.port),
                    "--log-config", str(_log_config(self._logs / "logging.json"))]
         if self.workers > 1:
@@ -200,7 +203,10 @@ class Server:
     def served_by(self, request_line: str) -> Counter[int]:
         """How many access-log lines each worker wrote for ``request_line`` (e.g. ``"GET /users/me"``)."""
         counts: Counter[int] = Counter()
+        request_line = request_line.split("?", 1)[0]  # the access line names the route, not the query
         for line in self.stdout.splitlines():
             if f'"{request_line} ' in line and line.startswith("pid="):
                 counts[int(line.split(None, 1)[0].removeprefix("pid="))] += 1
+            elif line.startswith("{") and f'"{request_line} ' in line:  # LOG_FORMAT=json
+                counts[json.loads(line)["pid"]] += 1
         return counts

@@ -256,7 +256,8 @@ async def test_logins_over_the_hashing_queue_bound_get_503_at_once(tmp_path: Pat
         assert busy and all(r.status_code == 401 for r in answers if r not in busy)
         assert all(retry_after(r) >= 1 and r.json() == {
             "detail": "Too many logins in progress; solve a challenge (GET /challenge) and send its solution as "
-                      "`altcha`, or try again shortly", "challenge_required": True} for r in busy)
+                      "`altcha`, or try again shortly", "challenge_required": True,
+            "request_id": r.headers["x-request-id"]} for r in busy)
         assert (await client.login("marko", "marko123")).status_code == 200  # once the queue has drained
 
 

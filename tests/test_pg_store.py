@@ -114,7 +114,8 @@ async def test_a_database_refusing_connections_gives_503_then_recovery(tmp_path:
             pg_support.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
             response = await client.put("/cart/items/1", json={"quantity": 2}, headers=bearer(token))
             assert response.status_code == 503, response.text
-            assert response.json() == {"detail": "Database unavailable; try again shortly"}
+            assert response.json() == {"detail": "Database unavailable; try again shortly",
+                                       "request_id": response.headers["x-request-id"]}  # a 5xx names its request
             assert response.headers["retry-after"] == "1"
             assert (await client.post("/users/login", json={"username": "marko", "password": "password123"})
                     ).status_code == 503
