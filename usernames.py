@@ -67,9 +67,13 @@ def _bare(text: str) -> str:
 
 def lookalike_keys(username: str) -> frozenset[str]:
     """The keys under which ``username`` is unique: two names that share one look alike."""
-    if _PLAIN.fullmatch(username):  # the same keys as below, faster (NFKC and casefold are lower())
+    if _PLAIN.fullmatch(username):  # the same keys as _keys gives, faster (NFKC and casefold are lower())
         return frozenset((username.lower().translate(_PLAIN_SKELETON),
                           username.translate(_PLAIN_SKELETON).lower().translate(_PLAIN_SKELETON)))
+    return _keys(username)
+
+
+def _keys(username: str) -> frozenset[str]:
     folded = _skeleton(_bare(normalize_username(username)))
     typed = _skeleton(normalize_username(_skeleton(_bare(username))))
     return frozenset((folded, typed))
