@@ -14,8 +14,9 @@ Two rules keep one person's name from being worn by another:
 The standard's data alone misses some pairs, hence these folds around the skeleton:
 
 - **Case.** A skeleton keeps case (``АВС`` → ``ABC`` but ``авс`` → ``aʙc``), while accounts ignore it;
-  so the keys are the skeleton of the case-folded name, and the case-folded skeleton of the typed
-  name (skeletonised again, so both keys live in one space): ``АВС`` collides with ``ABC`` = ``abc``.
+  so the keys are the skeleton of the case-folded name, and the skeleton of the typed name, each
+  then case-folded and skeletonised again until it settles (``0`` → ``O`` → ``o``): ``АВС``
+  collides with ``ABC`` = ``abc``, and ``user0`` with ``userO`` = ``usero``.
 - **Accents.** Generic combining marks (Unicode's "Inherited" script: accents, dots, overlays) are
   removed from the name before its skeleton is taken, after NFD: the dot of ``İ`` (the skeleton of
   ``İ`` keeps it as ``l̇``), and ``josé`` is ``jose``. Marks proper to a script (Devanagari vowel
@@ -34,6 +35,7 @@ map more letters; accounts keep their stored keys until a migration recomputes t
 import re
 import string
 import unicodedata
+from collections.abc import Callable
 
 import icu
 from confusable_homoglyphs import categories
@@ -68,15 +70,29 @@ def _bare(text: str) -> str:
 def lookalike_keys(username: str) -> frozenset[str]:
     """The keys under which ``username`` is unique: two names that share one look alike."""
     if _PLAIN.fullmatch(username):  # the same keys as _keys gives, faster (NFKC and casefold are lower())
-        return frozenset((username.lower().translate(_PLAIN_SKELETON),
-                          username.translate(_PLAIN_SKELETON).lower().translate(_PLAIN_SKELETON)))
+        return frozenset((_settled(username.lower(), _plain_skeleton, str.lower),
+                          _settled(username.translate(_PLAIN_SKELETON), _plain_skeleton, str.lower)))
     return _keys(username)
 
 
 def _keys(username: str) -> frozenset[str]:
-    folded = _skeleton(_bare(normalize_username(username)))
-    typed = _skeleton(normalize_username(_skeleton(_bare(username))))
-    return frozenset((folded, typed))
+    return frozenset((_settled(_bare(normalize_username(username)), _skeleton, normalize_username),
+                      _settled(_skeleton(_bare(username)), _skeleton, normalize_username)))
+
+
+def _plain_skeleton(text: str) -> str:
+    return text.translate(_PLAIN_SKELETON)
+
+
+def _settled(text: str, skeleton: Callable[[str], str], fold: Callable[[str], str]) -> str:
+    """``text`` case-folded and skeletonised until neither changes it (at most a few rounds): a
+    skeleton may bring back capitals (``0`` → ``O``), which accounts do not tell from small ones."""
+    for _ in range(4):
+        settled = skeleton(fold(text))
+        if settled == text:
+            break
+        text = settled
+    return text
 
 
 def imitated_latin(username: str) -> str | None:

@@ -73,6 +73,7 @@ def test_case_width_and_accents_do_not_make_a_name_new() -> None:
     assert lookalike_keys("Marko") & lookalike_keys("marko") & lookalike_keys("ｍａｒｋｏ")
     assert lookalike_keys("josé") & lookalike_keys("jose")
     assert lookalike_keys("ВОВ") & lookalike_keys("bob")  # looks like BOB, the same account as bob
+    assert lookalike_keys("user0") & lookalike_keys("userO")  # the skeleton of 0 is O, the same account as o
 
 
 @pytest.mark.parametrize("name", ["marko", "Marko_1", "user0", "ADMIN", "a.b-c", "m1Il0O|", "rnm", "x" * 15])
