@@ -7,7 +7,7 @@ SPA    := frontend/dist/index.html
 SPA_SRC := $(shell find frontend/src frontend/index.html frontend/package.json frontend/package-lock.json frontend/vite.config.js -type f 2>/dev/null)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench screenshot spa spa-if-npm chromium postgres migrate import-json clean
+.PHONY: run test lint bench screenshot spa spa-if-npm chromium postgres icu migrate import-json clean
 
 # /metrics sums the workers' figures through files in METRICS_DIR (prometheus-client's multiprocess
 # mode): emptied at each start, as a restarted service's counters start from zero. The app writes the
@@ -36,11 +36,11 @@ bench: $(VENV)/.installed
 $(PY):
 	python3 -m venv $(VENV)
 
-$(VENV)/.installed: requirements.txt | $(PY)
+$(VENV)/.installed: requirements.txt | $(PY) icu
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY) icu
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@ $(VENV)/.installed
 
@@ -53,6 +53,12 @@ spa: $(SPA)
 spa-if-npm:
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory spa; \
 	else echo "npm not found: serving the API without the SPA (install Node.js 20+ to build it)"; fi
+
+# PyICU (look-alike usernames, usernames.py) is built against the system's ICU: Debian's headers,
+# pkg-config and a C++ compiler when ICU's pkg-config entry is missing.
+icu:
+	@pkg-config --exists icu-i18n 2>/dev/null && command -v g++ >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libicu-dev pkg-config g++ >/dev/null; }
 
 # The browser tests drive Debian's Chromium (no browser download).
 chromium:

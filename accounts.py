@@ -115,9 +115,10 @@ async def _checked(attempt: Attempt, store: Store, job: Callable[[], Awaitable[T
 async def register(username: str, password: str, caller: Caller, store: Store, auth: AuthHandler,
                    limiter: RateLimiter) -> User:
     """Create an account (a visitor's data moves in). 429 over the address's budget, 409 for a
-    taken name (checked before hashing, to save one, and again by the store), 503 when busy."""
+    taken name or one that looks like an account's (checked before hashing, to save one, and again
+    by the store), 503 when busy."""
     _budget(limiter, "register", caller, "Too many registrations from this address; try again later")
-    if await store.find_user(username):
+    if await store.find_lookalike(username):
         raise HTTPException(status.HTTP_409_CONFLICT, "Username already taken")
     hashed = await _hashing(lambda: auth.get_password_hash(password, caller.client, caller.watch))
     try:

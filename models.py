@@ -2,9 +2,12 @@
 
 New usernames must be safe to show beside others: besides today's 3-15 letters, digits, ``_``,
 ``.`` and ``-``, they follow PRECIS ``UsernameCaseMapped`` (RFC 8265, ``precis-i18n``), use one
-script (no Latin mixed with Cyrillic or Greek: ``сarol`` beside ``carol``) and hold no invisible
-or filler character (U+3164 looks blank). Only registration checks this; logins look names up
-as before, so accounts made under the old rule keep working.
+script (no Latin mixed with Cyrillic or Greek: ``сarol`` beside ``carol``), hold no invisible
+or filler character (U+3164 looks blank), and, written wholly in another script, do not pass for a
+Latin name (``раураӏ`` reads ``paypal``; usernames.py). Only registration checks this; logins look
+names up as before, so accounts made under the old rule keep working. That a new name must not
+look like an existing account's (``admın`` beside ``admin``: a 409) is the store's check, on the
+keys ``usernames.lookalike_keys`` computes.
 """
 
 import base64
@@ -18,14 +21,14 @@ from precis_i18n import get_profile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
+from usernames import (
+    imitated_latin,
+    normalize_username,  # noqa: F401  (imported from here by the rest of the code)
+)
+
 USERNAME_RE = re.compile(r"[\w.-]{3,15}")
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit: longer passwords are refused, never silently truncated
 MAX_QUANTITY = 1000
-
-
-def normalize_username(username: str) -> str:
-    """The key for uniqueness: ``Marko``, ``marko`` and ``ｍａｒｋｏ`` are one account."""
-    return unicodedata.normalize("NFKC", username).casefold()
 
 
 def normalize_password(password: str) -> str:
@@ -59,6 +62,11 @@ def _check_username(value: str) -> str:
     if len(scripts) > 1 and not any(scripts <= mix for mix in MIXABLE_SCRIPTS):
         raise ValueError(f"username must not mix scripts ({', '.join(sorted(s.title() for s in scripts))}): "
                          "look-alike letters from another alphabet are not allowed")
+    latin = imitated_latin(value)
+    if latin is not None:
+        [script] = scripts
+        raise ValueError(f"username is written in {script.title()} but looks like the Latin name {latin!r}: "
+                         "choose a name that does not imitate another alphabet")
     return value
 
 

@@ -6,7 +6,8 @@ the JSON store's; times are Unix seconds, as there.
 
 - **Transactions.** Every method that changes data is one transaction (asyncpg, READ COMMITTED)
   that checks its own invariants on rows it has locked: one winner per normalised username (a
-  unique index, ``INSERT ... ON CONFLICT DO NOTHING``); refresh rotation as compare-and-set on the
+  unique index, ``INSERT ... ON CONFLICT DO NOTHING``) and per look-alike key (``username_keys``,
+  its primary key, filled in the same transaction: ``раураӏ`` beside ``paypal``); refresh rotation as compare-and-set on the
   current ``jti`` under ``SELECT ... FOR UPDATE``; lockout and anonymous-login counters read and
   written under a row lock (a missing row is first inserted with ``ON CONFLICT DO NOTHING``, so two
   first attempts cannot both count from zero); writes to an owner's data lock the owner's row, so
@@ -87,6 +88,7 @@ from store import (
     typed_history,
     without,
 )
+from usernames import lookalike_keys
 
 log = logging.getLogger("uvicorn.error")
 T = TypeVar("T")
@@ -108,8 +110,8 @@ ALL = "*"  # the NOTIFY payload that drops every cached entry
 # The last note of a NOTIFY: when it was sent (store_notify_lag_seconds). Shaped as a session note
 # (``s:`` + a key no session has), so a process of the previous release drops nothing for it.
 SENT_AT = "s:@"
-TABLES = ("users", "anonymous", "cart_items", "history", "favourites", "preferences", "sessions", "device_tokens",
-          "spent_challenges",
+TABLES = ("users", "username_keys", "anonymous", "cart_items", "history", "favourites", "preferences", "sessions",
+          "device_tokens", "spent_challenges",
           "login_failures", "anonymous_logins", "request_counts", "upgraded")
 
 
@@ -414,6 +416,12 @@ class PostgresStore:
                 password_hash)
             if inserted is None:
                 raise UsernameTaken(username)
+            keys = sorted(lookalike_keys(username))  # sorted: two registrations lock keys in one order
+            held = await t.conn.fetchval(
+                "WITH new AS (INSERT INTO username_keys (key, user_id) SELECT unnest($1::text[]), $2 "
+                "ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM new", keys, user_id)
+            if held != len(keys):  # another account has one: the transaction, user row included, rolls back
+                raise UsernameTaken(username)
             if merge_from:
                 await self._merge(t, merge_from, user_id)
             return User(user_id, username, password_hash)
@@ -439,6 +447,15 @@ class PostgresStore:
             return None
         row = await self._read(lambda c: c.fetchrow(
             "SELECT id, username, password FROM users WHERE name_key = $1", normalize_username(username)))
+        return _user(row) if row else None
+
+    async def find_lookalike(self, username: str) -> User | None:
+        if "\0" in username:
+            return None
+        row = await self._read(lambda c: c.fetchrow(
+            "SELECT id, username, password FROM users WHERE name_key = $1 UNION ALL "
+            "SELECT u.id, u.username, u.password FROM username_keys k JOIN users u ON u.id = k.user_id "
+            "WHERE k.key = ANY($2::text[]) LIMIT 1", normalize_username(username), list(lookalike_keys(username))))
         return _user(row) if row else None
 
     async def list_users(self, limit: int, after: str | None = None) -> list[User]:
@@ -1060,6 +1077,7 @@ async def _import_tables(conn: asyncpg.Connection, t: dict[str, dict[str, Any]],
         f"name_key = excluded.name_key, password = excluded.password RETURNING id")
     users = {r["id"] for r in rows}
     counts["users"] = len(users)
+    await _import_keys(conn, t["users"], users)
     visitors: set[str] = set()
     for visitor_id, doc in t["anonymous"].items():
         await conn.execute(
@@ -1123,6 +1141,18 @@ async def _import_tables(conn: asyncpg.Connection, t: dict[str, dict[str, Any]],
                            "(anonymous_id) DO UPDATE SET user_id = excluded.user_id, at = excluded.at",
                            visitor_id, doc["user_id"], doc["at"])
         counts["upgraded"] += 1
+
+
+async def _import_keys(conn: asyncpg.Connection, docs: dict[str, Any], users: set[str]) -> None:
+    """The look-alike keys of the imported accounts: keys of a name they no longer have go; a key
+    another account holds stays its (accounts that looked alike before the rule keep working)."""
+    await conn.execute('CREATE TEMP TABLE import_keys (key text COLLATE "C", user_id text) ON COMMIT DROP')
+    await conn.copy_records_to_table("import_keys", records=[
+        (k, user_id) for user_id in sorted(users) for k in sorted(lookalike_keys(docs[user_id]["username"]))])
+    await conn.execute("DELETE FROM username_keys k WHERE k.user_id = ANY($1::text[]) AND NOT EXISTS "
+                       "(SELECT 1 FROM import_keys i WHERE i.key = k.key AND i.user_id = k.user_id)", list(users))
+    await conn.execute("INSERT INTO username_keys (key, user_id) SELECT key, user_id FROM import_keys "
+                       "ORDER BY user_id, key ON CONFLICT DO NOTHING")
 
 
 async def _import_owned(conn: asyncpg.Connection, table: str, owner: str, value: Any, counts: dict[str, int]) -> None:

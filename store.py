@@ -7,7 +7,9 @@ from the settings: ``JsonStore`` here, or ``pg_store.PostgresStore`` when ``DATA
 ``JsonStore`` serves reads from memory (by id and by normalised username), after an 8-byte check
 for other workers' commits, and makes every change durable through ``journal.JournaledTables``
 before it returns; each method that changes something is one transaction, checked under the
-cross-worker lock, so e.g. one username has one winner across all workers.
+cross-worker lock, so e.g. one username has one winner across all workers, and so does each
+look-alike key (``usernames.lookalike_keys``: ``раураӏ`` beside ``paypal``), held in a dict from key
+to account, kept in step with the users table like the name index.
 
 The one exception is a view of an item: it is worth less than a write, so ``record_view`` only
 notes it in this worker's memory and ``flush_views`` (called at most once a second by the app, and
@@ -33,6 +35,7 @@ from sortedcontainers import SortedList
 from authentication import ANONYMOUS_PREFIX
 from journal import Change, JournaledTables, StoreError
 from models import MAX_QUANTITY, normalize_username
+from usernames import lookalike_keys
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -152,11 +155,19 @@ class Lifecycle(Protocol):
 
 
 class AccountStore(Protocol):
-    """Accounts: one per normalised username."""
+    """Accounts: one per normalised username, and one per look-alike key (``usernames.lookalike_keys``).
+
+    ``add_user`` raises ``UsernameTaken`` when an account has the name's normalised form or shares
+    one of its keys, checked atomically (one winner among concurrent registrations, on every worker
+    and host) and without a scan. Accounts that already shared a key before this rule keep working:
+    each key is held by one of them. ``find_user`` finds the account a login names (normalised
+    name only); ``find_lookalike`` the account that would make ``add_user`` refuse ``username``
+    (registration asks it before spending a hash). Deleting an account frees its keys."""
 
     async def add_user(self, username: str, password_hash: str, merge_from: str | None = None) -> User: ...
     async def get_user(self, user_id: str) -> User | None: ...
     async def find_user(self, username: str) -> User | None: ...
+    async def find_lookalike(self, username: str) -> User | None: ...
     async def list_users(self, limit: int, after: str | None = None) -> list[User]: ...
     async def delete_user(self, user_id: str) -> bool: ...
     async def set_password(self, user_id: str, password_hash: str) -> None: ...
@@ -298,6 +309,7 @@ def _legacy_id(doc: dict[str, Any]) -> str:
 class JsonStore:
     def __init__(self, path: Path) -> None:
         self._by_name: dict[str, str] = {}
+        self._by_key: dict[str, str] = {}  # look-alike key -> the account holding it
         self._users: dict[str, User] = {}
         self._sorted_names: SortedList | None = None  # built at the first listing, then kept in step
         self._views: dict[str, dict[int, float]] = {}  # owner -> item -> viewed_at, not yet written
@@ -324,12 +336,17 @@ class JsonStore:
 
     def _reset_index(self) -> None:
         self._by_name.clear()
+        self._by_key.clear()
         self._users.clear()
         self._sorted_names = None
 
     def _index(self, table: str, key: str, old: Any, new: Any) -> None:
         if table != "users":
             return
+        if old is not None and (new is None or new["username"] != old["username"]):
+            for k in lookalike_keys(str(old["username"])):
+                if self._by_key.get(k) == key:
+                    del self._by_key[k]
         if old is not None:
             name = normalize_username(str(old["username"]))
             if self._by_name.get(name) == key:
@@ -348,6 +365,9 @@ class JsonStore:
                 self._sorted_names.add(name)
             self._by_name[name] = key
             self._users[key] = User(key, username, password)
+            if old is None or old["username"] != username:
+                for k in lookalike_keys(username):  # a key already held (accounts older than the rule) stays so
+                    self._by_key.setdefault(k, key)
 
     async def _transact(self, fn: Any) -> Any:
         return await self._db.transact(fn)
@@ -355,8 +375,10 @@ class JsonStore:
     # -- users ---------------------------------------------------------------------------------
 
     async def add_user(self, username: str, password_hash: str, merge_from: str | None = None) -> User:
+        keys = lookalike_keys(username)  # before the lock: it is held for as short a time as can be
+
         def tx() -> tuple[User, list[Change]]:
-            if normalize_username(username) in self._by_name:
+            if normalize_username(username) in self._by_name or not self._by_key.keys().isdisjoint(keys):
                 raise UsernameTaken(username)
             user_id = str(uuid.uuid4())
             doc = {"id": user_id, "username": username, "password": password_hash}
@@ -374,6 +396,15 @@ class JsonStore:
     async def find_user(self, username: str) -> User | None:
         self._db.refresh()
         user_id = self._by_name.get(normalize_username(username))
+        return self._users.get(user_id) if user_id else None
+
+    async def find_lookalike(self, username: str) -> User | None:
+        self._db.refresh()
+        user_id = self._by_name.get(normalize_username(username))
+        for k in lookalike_keys(username) if user_id is None else ():
+            user_id = self._by_key.get(k)
+            if user_id is not None:
+                break
         return self._users.get(user_id) if user_id else None
 
     async def list_users(self, limit: int, after: str | None = None) -> list[User]:

@@ -208,10 +208,12 @@ Target = tuple[int, RequestSpec]  # (port, request)
 
 
 def _base36(i: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    """``i`` in base 31: digits and the letters that look like no other (no ``l``/``1``, ``o``/``0``,
+    ``m``/``rn``), so names of different runs never pass for each other (usernames.py refuses those)."""
+    digits = "0123456789abcdefghijkpqstuvwxyz"
     out = ""
     while True:
-        i, r = divmod(i, 36)
+        i, r = divmod(i, len(digits))
         out = digits[r] + out
         if not i:
             return out
