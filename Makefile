@@ -120,11 +120,11 @@ postgres:
 # The PostgreSQL backend's schema (DATABASE_URL from the environment or .env); the service also
 # migrates at start-up. `make import-json FILE=users.json` copies a JSON store in (idempotent).
 migrate: $(VENV)/.installed
-	$(PY) -m pg_store migrate
+	$(PY) -m store.pg_tools migrate
 
 FILE ?= users.json
 import-json: $(VENV)/.installed
-	$(PY) -m pg_store import-json $(FILE)
+	$(PY) -m store.pg_tools import-json $(FILE)
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist .pytest_cache

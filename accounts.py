@@ -152,7 +152,7 @@ async def login(username: str, password: str, caller: Caller, proof: Proof, stor
         raise challenge_required(status.HTTP_429_TOO_MANY_REQUESTS, BAD_SOLUTION if proof.altcha else ACCOUNT_CHALLENGE,
                                  exc.retry_after) from None
     except RateLimited as exc:
-        raise too_many_requests(LOCKED_OUT, exc.retry_after) from None
+        raise too_many_requests(LOCKED_OUT, exc.retry_after, "locked") from None
     if device is not None and attempt.device is None:  # revoked, expired or over its own limit: untrusted
         priority = SOLVED if proven else OTHER
         try:
@@ -166,7 +166,8 @@ async def login(username: str, password: str, caller: Caller, proof: Proof, stor
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN)
     if rehash:  # BCRYPT_ROUNDS changed, or a hash of the un-normalised password: one cost, one form
         try:
-            await store.set_password(user.id, await auth.get_password_hash(password, caller.client, priority=priority))
+            await store.update_user(user.id, password=await auth.get_password_hash(password, caller.client,
+                                                                                    priority=priority))
         except (Overloaded, ClientGone):
             pass  # the next login rehashes
     if attempt.device is not None and proof.device_token:
@@ -196,7 +197,7 @@ async def reauthenticate(identity: Identity, password: str, caller: Caller, stor
     except Overloaded as exc:
         raise service_unavailable(BUSY, exc.retry_after) from None
     except RateLimited as exc:
-        raise too_many_requests(LOCKED_OUT, exc.retry_after) from None
+        raise too_many_requests(LOCKED_OUT, exc.retry_after, "locked") from None
     user = await store.get_user(identity.id)
     verified, _ = await _checked(attempt, store, lambda: auth.check_password(
         password, user.password if user else None, caller.client, caller.watch, TRUSTED), TRUSTED)

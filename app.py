@@ -41,7 +41,7 @@ MAX_HEADER_BYTES = 16 * 1024
 READY_TIMEOUT_SECONDS = 2.0  # a readiness probe answers 503 rather than hang on a database
 MAINTENANCE_SECONDS = 3600
 SHARE_COUNTS_SECONDS = 1.0
-VIEW_FLUSH_SECONDS = 1.0  # views are written at most this often per worker (store.py: record_view)
+VIEW_FLUSH_SECONDS = 1.0  # views are written at most this often per worker (store/json_visitors.py: record_view)
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
 TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login", "/challenge")  # answers never to cache
 

@@ -22,7 +22,7 @@ from authentication import AuthHandler, TokenError
 from models import Message
 from ratelimit import RateLimiter
 from settings import Settings
-from store import Store
+from store import Store, User
 from trust import Trust
 
 BEARER_DESCRIPTION = "`token` from `POST /users/login`, or `access_token` from `POST /anonymous-login`."
@@ -30,23 +30,31 @@ BEARER_DESCRIPTION = "`token` from `POST /users/login`, or `access_token` from `
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs a microsecond more per request
 class Identity:
-    """The caller: an account (with its login session) or an anonymous visitor."""
+    """The caller: an account (its record, as the store keeps it, with its login session) or an
+    anonymous visitor (no record)."""
 
     id: str
-    username: str | None = None
+    user: User | None = None
     session_id: str | None = None
 
     @property
+    def username(self) -> str | None:
+        return self.user.username if self.user is not None else None
+
+    @property
     def anonymous(self) -> bool:
-        return self.username is None
+        return self.user is None
 
 
 def unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def too_many_requests(detail: str, retry_after: int) -> HTTPException:
-    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers={"Retry-After": str(retry_after)})
+def too_many_requests(detail: str, retry_after: int, outcome: str = "throttled") -> HTTPException:
+    """A 429; ``outcome`` (``throttled``: a budget, ``locked``: a lockout) labels it in the metrics."""
+    exc = HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers={"Retry-After": str(retry_after)})
+    exc.outcome = outcome  # type: ignore[attr-defined]
+    return exc
 
 
 def service_unavailable(detail: str, retry_after: int) -> HTTPException:
@@ -183,7 +191,7 @@ async def _identify(scope: Scope) -> Identity:
     user = await store.session_user(claims["sid"], subject)
     if user is None:
         raise unauthorized("Invalid token")  # deleted user, or the session was logged out
-    return Identity(subject, user.username, claims["sid"])
+    return Identity(subject, user, claims["sid"])
 
 
 class AnonymousVisitor(_Bearer):

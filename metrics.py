@@ -80,8 +80,8 @@ for _result in ("hit", "miss"):
 
 def refusal_outcome(exc: BaseException) -> str:
     """The outcome label of a refused login or registration, from the HTTPException it raised:
-    401 a wrong password, 429 a lockout or an address over its budget (told apart by the lockout's
-    message), 503 the hashing queue's bound (or the database down). A refusal that asks for proof
+    401 a wrong password, 429 a lockout or an address over its budget (told apart by the
+    exception's ``outcome``), 503 the hashing queue's bound (or the database down). A refusal that asks for proof
     of work carries ``challenge_required`` (issue 18) and is counted as that, whatever its status."""
     if getattr(exc, "challenge_required", False):
         return "challenge_required"
@@ -90,9 +90,8 @@ def refusal_outcome(exc: BaseException) -> str:
         return "bad_credentials"
     if code == 409:
         return "taken"
-    if code == 429:
-        from accounts import LOCKED_OUT
-        return "locked" if getattr(exc, "detail", None) == LOCKED_OUT else "throttled"
+    if code == 429:  # deps.too_many_requests says which
+        return getattr(exc, "outcome", "throttled")
     if code == 503:
         return "shed"
     return "error"

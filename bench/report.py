@@ -377,7 +377,7 @@ Notes
 - Peer: fastapi-users with SQLite/aiosqlite (bench/peer/app.py), same FastAPI/pydantic versions as ours, its
   default password hasher (argon2 via pwdlib); its users are bulk-inserted with one hash.
 - Rows P1-P4: PostgreSQL on this machine (the cluster `make postgres` starts, not pinned), one database per
-  server copied from a base database that `python -m pg_store import-json` filled from the same book-format
+  server copied from a base database that `python -m store.pg_tools import-json` filled from the same book-format
   store. P2's peer is the same fastapi-users app with `postgresql+asyncpg` (SQLAlchemy's pool defaults),
   seeded like its SQLite twin. P3: two instances of ours on one database; each trial logs in on A, reads
   /users/me twice on B (so B holds the session), logs out on A, then polls B on one keep-alive connection:

@@ -269,7 +269,7 @@ class PgAdmin:
     ``BENCH_DATABASE_URL``, else ``TEST_DATABASE_URL``, names a role that may create databases).
 
     A base database per store size is filled once from a book-format store with the service's own
-    ``python -m pg_store import-json``; every server gets a fresh copy (``CREATE DATABASE ...
+    ``python -m store.pg_tools import-json``; every server gets a fresh copy (``CREATE DATABASE ...
     TEMPLATE``), as every JSON server gets a fresh copy of its file. Statements go through ``psql``,
     so the harness needs no driver. Every database made here is dropped by ``drop_all()``.
     """
@@ -283,8 +283,8 @@ class PgAdmin:
         self.made: list[str] = []
         if shutil.which("psql") is None:
             raise PgUnavailable("psql not found (`make postgres` installs PostgreSQL)")
-        if not (ours_dir / "pg_store.py").exists() and not (ours_dir / "pg_store").is_dir():
-            raise PgUnavailable("the service has no PostgreSQL backend (pg_store)")
+        if not (ours_dir / "store" / "pg_tools.py").exists():
+            raise PgUnavailable("the service has no PostgreSQL backend (store/pg_tools.py)")
         self.psql("SELECT 1")
 
     def url(self, name: str, driver: str = "postgresql") -> str:
@@ -311,7 +311,7 @@ class PgAdmin:
     def base(self, store: Path) -> str:
         """A new database holding ``store`` (imported with the service's CLI); its name."""
         name = self.create()
-        res = subprocess.run([str(self.python), "-m", "pg_store", "import-json", str(store)], cwd=self.ours_dir,
+        res = subprocess.run([str(self.python), "-m", "store.pg_tools", "import-json", str(store)], cwd=self.ours_dir,
                              env={**_base_env(), "DATABASE_URL": self.url(name)}, capture_output=True, text=True,
                              check=False)
         if res.returncode != 0:

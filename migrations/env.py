@@ -1,4 +1,4 @@
-"""Alembic's environment: migrations run on a connection ``pg_store.migrate`` hands over (inside
+"""Alembic's environment: migrations run on a connection ``store.pg_schema.migrate`` hands over (inside
 its transaction, under its advisory lock); run by hand (``alembic upgrade head``), on one made
 from ``DATABASE_URL``. Plain SQL migrations: there are no SQLAlchemy models to compare against."""
 
@@ -11,7 +11,8 @@ if connection is not None:
     with context.begin_transaction():
         context.run_migrations()
 else:
-    from pg_store import database_url_from_environment, sqlalchemy_url  # only when run by the alembic command
+    from store.pg_schema import sqlalchemy_url  # only when run by the alembic command
+    from store.pg_tools import database_url_from_environment
 
     url = database_url_from_environment()
     if url is None:

@@ -1,7 +1,7 @@
 """What personalises the shop for a caller, anonymous or registered: browsing history,
 favourites and preferences; and, for an account, the export of everything kept about it.
 
-Register or log in with an anonymous token and all of it moves into the account (store.py's
+Register or log in with an anonymous token and all of it moves into the account (store/json_visitors.py's
 merge). The catalogue itself, and how it uses these, is routers/shop.py.
 """
 

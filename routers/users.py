@@ -48,7 +48,7 @@ from models import (
     encode_cursor,
     normalize_username,
 )
-from store import User
+from store import User, public_profile
 
 router = APIRouter(prefix="/users", tags=["users"], route_class=IdentityRoute, responses=COMMON_ERRORS)
 
@@ -76,8 +76,9 @@ def _tokens(auth: AuthHandler, user: User, session_id: str, refresh_jti: str,
 
 
 @router.get("/me", response_model=UserOut, responses=REGISTERED_ERRORS)
-async def me(user: CurrentUser) -> dict[str, str | None]:
-    return {"id": user.id, "username": user.username}
+async def me(user: CurrentUser) -> dict[str, Any]:
+    """The caller's account: every attribute of its record but the secret ones, as ``UserOut`` shows them."""
+    return public_profile(user.user)  # type: ignore[arg-type]  # CurrentUser: an account, never a visitor
 
 
 @router.get("/list", response_model=UserList, responses=REGISTERED_ERRORS)

@@ -156,7 +156,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 def seed_store(settings: Settings, document: dict) -> None:
     """Start ``settings``' store from ``document`` (a users.json as an earlier version or the book left
-    it): the file itself on JSON; on PostgreSQL that file imported by ``python -m pg_store import-json``,
+    it): the file itself on JSON; on PostgreSQL that file imported by ``python -m store.pg_tools import-json``,
     as an operator moving in would do it."""
     settings.users_file.parent.mkdir(parents=True, exist_ok=True)
     settings.users_file.write_text(json.dumps(document))

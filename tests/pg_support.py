@@ -5,7 +5,7 @@ depend on it); the tests reach it through ``TEST_DATABASE_URL`` (a role that may
 default ``postgresql://farm:farm@127.0.0.1:5432/postgres``). A server that cannot be reached is a
 test failure, never a skip.
 
-Per test session one template database is created and migrated (``python -m pg_store migrate``, the
+Per test session one template database is created and migrated (``python -m store.pg_tools migrate``, the
 same command as ``make migrate``); every test that needs a database gets its own copy
 (``CREATE DATABASE ... TEMPLATE``) and it is dropped afterwards; ``Spares`` makes the copies
 ahead of need and drops them behind, on a thread, so a test waits for neither (about 0.3 s each). Names carry this
@@ -113,8 +113,8 @@ def drop_abandoned() -> None:
 
 
 def migrate(url: str) -> None:
-    """``python -m pg_store migrate`` on ``url`` (what ``make migrate`` runs)."""
-    result = subprocess.run([sys.executable, "-m", "pg_store", "migrate"], cwd=ROOT, env={**os.environ,
+    """``python -m store.pg_tools migrate`` on ``url`` (what ``make migrate`` runs)."""
+    result = subprocess.run([sys.executable, "-m", "store.pg_tools", "migrate"], cwd=ROOT, env={**os.environ,
                             "DATABASE_URL": url}, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise DatabaseError(f"migrating {without_password(url)} failed ({result.returncode}):\n"
@@ -122,8 +122,8 @@ def migrate(url: str) -> None:
 
 
 def import_json(path: Path, url: str) -> str:
-    """``python -m pg_store import-json PATH`` into ``url`` (what ``make import-json`` runs); its report."""
-    result = subprocess.run([sys.executable, "-m", "pg_store", "import-json", str(path)], cwd=ROOT,
+    """``python -m store.pg_tools import-json PATH`` into ``url`` (what ``make import-json`` runs); its report."""
+    result = subprocess.run([sys.executable, "-m", "store.pg_tools", "import-json", str(path)], cwd=ROOT,
                             env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True, timeout=300,
                             check=False)
     if result.returncode != 0:

@@ -1,4 +1,4 @@
-"""Moving in: ``python -m pg_store import-json PATH`` copies a JSON store into PostgreSQL.
+"""Moving in: ``python -m store.pg_tools import-json PATH`` copies a JSON store into PostgreSQL.
 
 The JSON store is made by the service itself (registrations, logins, a cart, an anonymous
 visitor's cart), plus a user in the book's format (``{"users": [{"id", "username", "password"}]}``).
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.anyio
 
 
 def import_json(path: Path, url: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "pg_store", "import-json", str(path)], cwd=pg_support.ROOT,
+    result = subprocess.run([sys.executable, "-m", "store.pg_tools", "import-json", str(path)], cwd=pg_support.ROOT,
                             env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -13,8 +13,9 @@ import pg_support
 import pytest
 
 from conftest import Client, Databases, bearer, make_settings, running
-from pg_store import LISTENER_NAME, PostgresStore
 from store import StoreError
+from store.pg_base import LISTENER_NAME
+from store.pg_store import PostgresStore
 
 pytestmark = pytest.mark.anyio
 DEADLINE = 5.0  # seconds: far below the cache's 30 s age bound, so passing proves the mechanism
@@ -210,7 +211,7 @@ def test_start_up_migrations_of_several_hosts_do_not_race(databases: Databases) 
     import sys
 
     url = databases.unmigrated()
-    runs = [subprocess.Popen([sys.executable, "-m", "pg_store", "migrate", "--database-url", url],
+    runs = [subprocess.Popen([sys.executable, "-m", "store.pg_tools", "migrate", "--database-url", url],
                              cwd=pg_support.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(4)]
     outputs = [run.communicate(timeout=120) for run in runs]

@@ -8,6 +8,7 @@ import jwt
 import pytest
 
 from conftest import SECRET, Client, bearer
+from store import User
 
 pytestmark = pytest.mark.anyio
 
@@ -152,7 +153,7 @@ async def test_dependency_overrides_still_replace_the_check(client: Client) -> N
     check = next(m for m in CurrentUser.__metadata__ if isinstance(m.dependency, BearerIdentity)).dependency
     app = client.app  # type: ignore[attr-defined]
     assert (await client.get("/users/me")).status_code == 401
-    app.dependency_overrides[check] = lambda: Identity("u-1", "stand-in", "s-1")
+    app.dependency_overrides[check] = lambda: Identity("u-1", User("u-1", "stand-in", ""), "s-1")
     try:
         response = await client.get("/users/me")
         assert response.status_code == 200

@@ -1,0 +1,64 @@
+"""What the service keeps: accounts, login sessions, throttling counters, anonymous visitors, and
+what any owner keeps (cart, browsing history, favourites, preferences).
+
+Routes talk to the async ``Store`` protocol only, and ``build_store`` picks the backend from the
+settings. The package, one idea a module:
+
+- ``records``: the records the store keeps and answers (``User``, the one account record whose
+  fields drive both backends, the export and ``import-json``) and the errors it raises;
+- ``protocol``: the ``Store`` protocol, one part per aggregate (accounts, sessions, throttling,
+  visitors, personal data); what a third backend must do, checked by tests/test_store_contract.py;
+- ``rules``: the rules both backends share, as plain functions (lockout arithmetic, history
+  merges and limits);
+- ``json_store`` + ``json_visitors``: ``JsonStore``, the default, on ``journal.JournaledTables``
+  (``users.json`` and its journal);
+- ``pg_base`` (pool, caches kept true by ``LISTEN``/``NOTIFY``, transactions), ``pg_store`` +
+  ``pg_visitors`` (the SQL), ``pg_schema`` (Alembic migrations at start-up) and ``pg_tools``
+  (the operator's ``python -m store.pg_tools migrate|import-json``): ``PostgresStore``, when
+  ``DATABASE_URL`` is set.
+
+Nothing here imports a backend it does not run: the PostgreSQL modules load only with
+``DATABASE_URL``, and no module imports back into this one's package initialiser.
+"""
+
+from typing import TYPE_CHECKING
+
+from .json_store import JsonStore
+from .protocol import AccountStore, Lifecycle, PersonalStore, SessionStore, Store, ThrottleStore, VisitorStore
+from .records import (
+    USER_FIELDS,
+    Attempt,
+    ChallengeRequired,
+    Device,
+    Failures,
+    Lockout,
+    Personal,
+    RateLimited,
+    Rotation,
+    StoreError,
+    StoreUnavailable,
+    UnknownOwner,
+    User,
+    UsernameTaken,
+    Visitor,
+    public_profile,
+)
+from .rules import MAX_FAVOURITES, MAX_HISTORY, client_key
+
+if TYPE_CHECKING:
+    from settings import Settings
+
+__all__ = ["MAX_FAVOURITES", "MAX_HISTORY", "USER_FIELDS", "AccountStore", "Attempt", "ChallengeRequired", "Device",
+           "Failures", "JsonStore", "Lifecycle", "Lockout", "Personal", "PersonalStore", "RateLimited", "Rotation",
+           "SessionStore", "Store", "StoreError", "StoreUnavailable", "ThrottleStore", "UnknownOwner", "User",
+           "UsernameTaken", "Visitor", "VisitorStore", "build_store", "client_key", "public_profile"]
+
+
+def build_store(settings: "Settings") -> Store:
+    """The backend the settings ask for: the JSON file, or PostgreSQL when ``DATABASE_URL`` is set."""
+    if settings.database_url is None:
+        return JsonStore(settings.users_file)
+    from .pg_store import PostgresStore  # imported only when used: the JSON default needs no driver
+
+    return PostgresStore(settings.database_url.get_secret_value(), settings.database_pool_size,
+                         settings.database_startup_timeout_seconds)

@@ -1,0 +1,280 @@
+"""The ``Store`` protocol's contract (store/protocol.py), checked on both backends through the
+protocol alone: no backend's tables, files or private attributes. A third backend that passes
+this file keeps the promises routes and flows rely on."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import fields
+
+import pytest
+
+from settings import Settings
+from store import (
+    USER_FIELDS,
+    Attempt,
+    ChallengeRequired,
+    Device,
+    Lockout,
+    RateLimited,
+    Store,
+    UnknownOwner,
+    User,
+    UsernameTaken,
+    build_store,
+    public_profile,
+)
+
+pytestmark = pytest.mark.anyio
+RULES = Lockout(max_failures=2, max_failures_per_account=3, window=60)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    opened = build_store(settings)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def second(settings: Settings, store: Store) -> AsyncIterator[Store]:
+    """Another process's view of the same store (another worker, or another host)."""
+    other = build_store(settings)
+    await other.open()
+    yield other
+    await other.close()
+
+
+async def eventually(check, seconds: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL's other hosts hear a change by NOTIFY, milliseconds after its commit."""
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "the change never became visible"
+        await asyncio.sleep(0.02)
+
+
+# -- accounts ------------------------------------------------------------------------------------
+
+
+async def test_accounts_one_per_name_and_per_lookalike(store: Store) -> None:
+    marko = await store.add_user("Marko", "hash-1")
+    assert await store.get_user(marko.id) == marko == await store.find_user("marko")
+    for taken in ("MARKO", "marko", "ｍａｒｋｏ"):
+        with pytest.raises(UsernameTaken):
+            await store.add_user(taken, "hash-2")
+    await store.add_user("paypal", "hash-3")
+    with pytest.raises(UsernameTaken):
+        await store.add_user("paypaI", "hash-4")  # capital i: looks like l
+    assert (await store.find_lookalike("paypaI")).username == "paypal"  # type: ignore[union-attr]
+    assert await store.find_lookalike("someone") is None
+    names = [u.username for u in await store.list_users(10)]
+    assert names == ["Marko", "paypal"]
+    assert [u.username for u in await store.list_users(10, after="marko")] == ["paypal"]
+
+
+async def test_one_winner_among_concurrent_registrations(store: Store, second: Store) -> None:
+    results = await asyncio.gather(*(s.add_user("ivana", f"h{i}") for i, s in enumerate([store, second] * 4)),
+                                   return_exceptions=True)
+    assert sum(isinstance(r, User) for r in results) == 1
+    assert all(isinstance(r, User | UsernameTaken) for r in results)
+
+
+async def test_update_user_is_the_one_way_to_change_an_account(store: Store, second: Store) -> None:
+    user = await store.add_user("marko", "old-hash")
+    assert await second.get_user(user.id) == user  # cached on the other host now
+    updated = await store.update_user(user.id, password="new-hash")
+    assert updated == User(user.id, "marko", "new-hash")
+
+    async def seen() -> bool:
+        return await second.get_user(user.id) == updated
+
+    await eventually(seen)
+    for bad in ({"id": "x"}, {"username": "other"}, {"no_such_field": 1}, {}):
+        with pytest.raises(ValueError):
+            await store.update_user(user.id, **bad)
+    assert await store.update_user("no-such-id", password="x") is None
+
+
+async def test_the_profile_is_every_attribute_but_the_secret_ones(store: Store) -> None:
+    user = await store.add_user("marko", "secret-hash")
+    profile = (await store.export_user(user.id))["profile"]  # type: ignore[index]
+    assert profile == public_profile(user) and "password" not in profile
+    assert set(profile) == {f.name for f in fields(User)} - {"password"} and set(USER_FIELDS) > set(profile)
+
+
+async def test_deleting_an_account_ends_all_it_owns(store: Store) -> None:
+    user = await store.add_user("marko", "h")
+    session = await store.complete_login(user, Attempt(time.time(), "k", "10.0.0.1"), "jti", time.time() + 60,
+                                         new_device=Device("device-1", time.time() + 60))
+    await store.set_cart_item(user.id, 1, 2)
+    assert await store.delete_user(user.id) is True
+    assert await store.get_user(user.id) is None and await store.session_user(session, user.id) is None
+    assert await store.export_user(user.id) is None
+    with pytest.raises(UnknownOwner):
+        await store.set_cart_item(user.id, 1, 1)
+    assert await store.delete_user(user.id) is False
+    assert (await store.add_user("marko", "h")).id != user.id  # the name is free again
+    attempt = await store.begin_login("k", "10.0.0.1", RULES, user_id=user.id, device="device-1")
+    assert attempt.device is None  # its device token went with it
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+
+async def test_a_session_rotates_by_compare_and_set(store: Store) -> None:
+    user = await store.add_user("marko", "h")
+    sid = await store.complete_login(user, Attempt(time.time(), "k", "10.0.0.1"), "j1", time.time() + 60)
+    assert await store.session_user(sid, user.id) == user
+    assert await store.session_user(sid, "someone-else") is None
+    rotated = await store.rotate_session(sid, user.id, "j1", "j2", time.time() + 60, grace=10)
+    assert rotated is not None and rotated.jti == "j2"
+    again = await store.rotate_session(sid, user.id, "j1", "j3", time.time() + 60, grace=10)
+    assert again is not None and again.jti == "j2"  # within the grace: the current one
+    assert await store.rotate_session(sid, user.id, "j0", "j4", time.time() + 60) is None  # reuse: ended
+    assert await store.session_user(sid, user.id) is None
+
+
+async def test_ending_sessions_is_seen_by_every_host(store: Store, second: Store) -> None:
+    user = await store.add_user("marko", "h")
+    one, two = [await store.complete_login(user, Attempt(time.time(), "k", "a"), f"j{i}", time.time() + 60)
+                for i in range(2)]
+    assert await second.session_user(one, user.id) == user  # cached there
+    await store.end_session(one)
+
+    async def ended() -> bool:
+        return await second.session_user(one, user.id) is None
+
+    await eventually(ended)
+    assert await second.session_user(two, user.id) == user
+    await store.end_all_sessions(user.id)
+
+    async def all_ended() -> bool:
+        return await second.session_user(two, user.id) is None
+
+    await eventually(all_ended)
+
+
+# -- throttling ----------------------------------------------------------------------------------
+
+
+async def test_failures_per_pair_and_per_name(store: Store) -> None:
+    for _ in range(2):
+        await store.begin_login("name", "10.0.0.1", RULES)
+    with pytest.raises(RateLimited) as locked:
+        await store.begin_login("name", "10.0.0.1", RULES)
+    assert not isinstance(locked.value, ChallengeRequired) and 1 <= locked.value.retry_after <= 60
+    await store.begin_login("name", "10.0.0.2", RULES)  # the name's third failure, from elsewhere
+    with pytest.raises(ChallengeRequired):
+        await store.begin_login("name", "10.0.0.3", RULES)
+    proven = await store.begin_login("name", "10.0.0.3", RULES, proven=True)
+    assert proven.device is None
+    await store.begin_login("other-name", "10.0.0.1", RULES)  # names count apart
+
+
+async def test_an_attempt_given_back_counts_nothing(store: Store) -> None:
+    for _ in range(5):
+        attempt = await store.begin_login("name", "10.0.0.1", RULES)
+        await store.give_back(attempt)
+    await store.begin_login("name", "10.0.0.1", RULES)
+
+
+async def test_a_success_forgets_this_address_only(store: Store) -> None:
+    user = await store.add_user("marko", "h")
+    await store.begin_login("name", "10.0.0.2", RULES)
+    await store.begin_login("name", "10.0.0.1", RULES)
+    attempt = await store.begin_login("name", "10.0.0.1", RULES)
+    await store.complete_login(user, attempt, "j", time.time() + 60)
+    await store.begin_login("name", "10.0.0.1", RULES)  # its pair forgotten...
+    with pytest.raises(ChallengeRequired):  # ...but 10.0.0.2's failure and its own still count
+        await store.begin_login("name", "10.0.0.3", RULES)
+
+
+async def test_a_device_token_is_trusted_until_its_own_failures(store: Store) -> None:
+    user = await store.add_user("marko", "h")
+    await store.complete_login(user, Attempt(time.time(), "k", "a"), "j", time.time() + 60,
+                               new_device=Device("dev", time.time() + 60))
+    for client in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"):
+        with pytest.raises(RateLimited):
+            for _ in range(3):
+                await store.begin_login("k", client, RULES)
+    trusted = [await store.begin_login("k", "10.0.0.1", RULES, user_id=user.id, device="dev") for _ in range(2)]
+    assert all(a.device == "dev" for a in trusted)
+    with pytest.raises(RateLimited):  # its own two failures: untrusted, and the pair is full
+        await store.begin_login("k", "10.0.0.1", RULES, user_id=user.id, device="dev")
+    other = await store.add_user("ivana", "h")
+    assert (await store.begin_login("k2", "10.0.0.9", RULES, user_id=other.id, device="dev")).device is None
+    await store.change_password(user.id, "h2", keep_session=None)  # revokes device tokens
+    assert (await store.begin_login("k3", "10.0.0.8", RULES, user_id=user.id, device="dev")).device is None
+
+
+async def test_a_solution_is_spent_once_on_every_host(store: Store, second: Store) -> None:
+    results = await asyncio.gather(*(s.spend_once("altcha:abc", time.time() + 60) for s in (store, second) * 3))
+    assert sorted(results) == [False] * 5 + [True]
+
+
+async def test_request_counts_add_up_over_workers(store: Store, second: Store) -> None:
+    expires = time.time() + 60
+    assert await store.count_requests({"login:a": (3, expires)}) == {"login:a": 3}
+    assert await second.count_requests({"login:a": (2, expires), "login:b": (0, expires)}) == {"login:a": 5,
+                                                                                             "login:b": 0}
+
+
+# -- visitors and what owners keep ----------------------------------------------------------------
+
+
+async def test_new_visitors_are_bounded_per_address_and_in_all(store: Store) -> None:
+    first = await store.add_anonymous("10.0.0.1", 2, 3)
+    assert await store.anonymous_exists(first) and (await store.get_anonymous(first)).id == first  # type: ignore[union-attr]
+    await store.add_anonymous("10.0.0.1", 2, 3)
+    with pytest.raises(RateLimited) as per_address:
+        await store.add_anonymous("10.0.0.1", 2, 3)
+    assert not isinstance(per_address.value, ChallengeRequired)
+    await store.add_anonymous("10.0.0.2", 2, 3)
+    with pytest.raises(ChallengeRequired):
+        await store.add_anonymous("10.0.0.3", 2, 3)
+    await store.add_anonymous("10.0.0.3", 2, 0)  # a solver: no service-wide bound
+
+
+async def test_a_visitor_s_data_moves_into_the_account(store: Store) -> None:
+    visitor = await store.add_anonymous("10.0.0.1", 0)
+    await store.set_cart_item(visitor, 3, 2)
+    await store.add_favourite(visitor, 5)
+    await store.set_preferences(visitor, {"theme": "dark"})
+    await store.record_view(visitor, 7)
+    user = await store.add_user("marko", "h", merge_from=visitor)
+    assert not await store.anonymous_exists(visitor)
+    mine = await store.get_personal(user.id)
+    assert mine.cart == {3: 2} and mine.favourites == [5] and mine.preferences == {"theme": "dark"}
+    assert [item for item, _ in mine.history] == [7]
+    with pytest.raises(UnknownOwner):
+        await store.set_cart_item(visitor, 1, 1)
+
+
+async def test_personal_data_of_an_owner(store: Store, second: Store) -> None:
+    user = await store.add_user("marko", "h")
+    assert await store.set_cart_item(user.id, 2, 1) == {2: 1}
+    assert await store.remove_cart_item(user.id, 2) == {}
+    with pytest.raises(KeyError):
+        await store.remove_cart_item(user.id, 2)
+    assert await store.add_favourite(user.id, 4) == [4] == await store.add_favourite(user.id, 4)
+    assert await store.remove_favourite(user.id, 4) == []
+    for item in (1, 2, 1):
+        await store.record_view(user.id, item)
+    assert [i for i, _ in await store.get_history(user.id)] == [1, 2]  # newest first, each once
+    await store.flush_views()
+    assert [i for i, _ in await second.get_history(user.id)] == [1, 2]  # written: every worker sees it
+    await store.clear_history(user.id)
+    assert await store.get_history(user.id) == []
+    assert await store.set_preferences(user.id, {"sort": "price"}) == {"sort": "price"}
+    assert await second.get_preferences(user.id) == {"sort": "price"}
+
+
+async def test_idle_visitors_are_purged(store: Store) -> None:
+    visitor = await store.add_anonymous("10.0.0.1", 0)
+    await store.set_cart_item(visitor, 1, 1)
+    assert await store.purge_anonymous(3600) == 0
+    await asyncio.sleep(0.05)
+    assert await store.purge_anonymous(0.01) == 1
+    assert not await store.anonymous_exists(visitor)
+    assert await store.get_cart(visitor) == {}
