@@ -53,7 +53,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Me */
+        /**
+         * Me
+         * @description The caller's account: every attribute of its record but the secret ones, as ``UserOut`` shows them.
+         */
         get: operations["me_users_me_get"];
         put?: never;
         post?: never;
