@@ -1,12 +1,15 @@
 """The fast path: routes written as FastAPI's documentation shows them, checked first and served
 without FastAPI's per-request cost for the token check and for an included router.
 
-Measured gain: bench row 1 (``/users/me`` ÷ ``/health``, same server, interleaved) is 0.93 with
-this module and 0.72 without it (plain ``app.include_router``, the check solved by FastAPI), on
-the same run, 5 repetitions: without it row 1 misses its 0.85 target by far (bench/RESULTS.md,
-"Plain FastAPI routes", has the spread and the split between the two parts). Measured with::
+Measured gain: bench row 1 (``/users/me`` ÷ ``/health``, same server, interleaved) is 0.84-0.92
+with this module and 0.69-0.75 without it (plain ``app.include_router``, the check solved by
+FastAPI) in the same runs: plain routes are 12-25 % slower and miss row 1's 0.85 target; each of
+the two parts below is worth about a tenth of row 1 (bench/RESULTS.md, "Plain FastAPI routes",
+has the four runs and their spreads). Measured with, from the repo root::
 
-    .venv/bin/python bench/ab.py fastpath=. plain=DIR --reps 5   # DIR: this tree without apply()
+    .venv/bin/python bench/ab.py before=git:571a743 fastpath=. plain=DIR --reps 8 --duration 4
+
+where DIR is this tree with the ``fastpath.apply(app)`` call in ``app.lifespan`` removed.
 
 Nothing at the call sites: routers are plain ``APIRouter``s, handlers declare ``user:
 CurrentUser`` (deps.py), ``create_app`` uses ``app.include_router``. ``apply(app)`` runs once as
