@@ -15,14 +15,12 @@ import metrics
 from accounts import INVALID_LOGIN, Caller, Proof
 from authentication import AuthHandler, TokenError
 from deps import (
-    AUTH_ERRORS,
     COMMON_ERRORS,
     REGISTERED_ERRORS,
     UNAVAILABLE,
     AuthDep,
     ClientAddress,
     CurrentUser,
-    IdentityRoute,
     LimiterDep,
     OptionalAnonymous,
     SettingsDep,
@@ -50,7 +48,7 @@ from models import (
 )
 from store import User, public_profile
 
-router = APIRouter(prefix="/users", tags=["users"], route_class=IdentityRoute, responses=COMMON_ERRORS)
+router = APIRouter(prefix="/users", tags=["users"], responses=COMMON_ERRORS)
 
 TOO_MANY = {"model": Message, "description": "Over this client address's budget; see Retry-After"}
 BUSY = {"model": Message, "description": "Too many password checks queued, or the database is unavailable "
@@ -162,7 +160,7 @@ async def refresh(body: RefreshRequest, store: StoreDep, auth: AuthDep, settings
     return _tokens(auth, user, claims["sid"], rotated.jti, rotated.expires_at)
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=AUTH_ERRORS)
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=REGISTERED_ERRORS)
 async def logout(user: CurrentUser, store: StoreDep, auth: AuthDep, body: LogoutRequest | None = None) -> Response:
     """End this login session: its access and refresh tokens are refused from now on."""
     await store.end_session(user.session_id or "")
