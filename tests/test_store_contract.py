@@ -100,7 +100,9 @@ async def test_the_profile_is_every_attribute_but_the_secret_ones(store: Store) 
     user = await store.add_user("marko", "secret-hash")
     profile = (await store.export_user(user.id))["profile"]  # type: ignore[index]
     assert profile == public_profile(user) and "password" not in profile
-    assert set(profile) == {f.name for f in fields(User)} - {"password"} and set(USER_FIELDS) > set(profile)
+    secret = {f.name for f in fields(User) if f.metadata.get("secret")}
+    assert {"password", "totp_secret"} <= secret and not secret & set(profile)
+    assert set(profile) == {f.name for f in fields(User)} - secret and set(USER_FIELDS) > set(profile)
 
 
 async def test_deleting_an_account_ends_all_it_owns(store: Store) -> None:
