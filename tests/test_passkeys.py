@@ -7,9 +7,9 @@ import copy
 from pathlib import Path
 
 import pytest
-from webauthn_support import SoftAuthenticator, b64url, unb64url
 
 from conftest import Client, bearer, make_settings, running
+from webauthn_support import SoftAuthenticator, b64url, unb64url
 
 pytestmark = pytest.mark.anyio
 
