@@ -144,8 +144,8 @@ export function AuthProvider({ children }: { children: ReactNode }) {
       if (!pendingMfa) return false;
       try {
         await api.loginMfa(pendingMfa.username, pendingMfa.mfaToken, code);
-        setPendingMfa(null);
         await loggedIn();
+        setPendingMfa(null);
         return true;
       } catch (error) {
         tokens.clearSession();
@@ -168,8 +168,11 @@ export function AuthProvider({ children }: { children: ReactNode }) {
       } catch (error) {
         // The user closing the browser's dialog, or the autofill request given up for another:
         // nothing happened, and another login may be under way (its tokens stay).
-        if (error instanceof Error && ["NotAllowedError", "AbortError"].includes(error.name)) {
-          if (!autofill) setMessage("No passkey was used");
+        if (autofill && !(error instanceof ApiError)) {
+          // The background request of conditional UI ended without the user picking a passkey
+          // (the form went away, another request replaced it): nothing to say.
+        } else if (error instanceof Error && ["NotAllowedError", "AbortError"].includes(error.name)) {
+          setMessage("No passkey was used");
         } else {
           tokens.clearSession();
           setMessage(errorText(error));
