@@ -8,7 +8,7 @@ first and outside FastAPI's dependency solver; without it they work as ordinary 
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPBearer
@@ -21,6 +21,9 @@ from ratelimit import RateLimiter
 from settings import Settings
 from store import Store, User
 from trust import Trust
+
+if TYPE_CHECKING:
+    from factors import Factors  # it imports this module
 
 BEARER_DESCRIPTION = "`token` from `POST /users/login`, or `access_token` from `POST /anonymous-login`."
 
@@ -67,6 +70,17 @@ class ChallengeNeeded(HTTPException):
 
 def challenge_required(status_code: int, detail: str, retry_after: int) -> HTTPException:
     return ChallengeNeeded(status_code, detail, headers={"Retry-After": str(retry_after)})
+
+
+SECOND_FACTOR = "Second factor required"
+
+
+def second_factor_required(mfa_token: str, methods: list[str]) -> HTTPException:
+    """The 403 of a password login with a second factor on: the password was right, and
+    ``POST /users/login/mfa`` completes it with ``mfa_token`` (app.http_error adds ``extra``)."""
+    exc = HTTPException(status.HTTP_403_FORBIDDEN, SECOND_FACTOR)
+    exc.extra = {"mfa_token": mfa_token, "methods": methods}  # type: ignore[attr-defined]
+    return exc
 
 
 UNPARSEABLE_CLIENT = "unparseable"  # the one bucket of every client address that is not an IP address
@@ -118,6 +132,10 @@ async def get_limiter(request: Request) -> RateLimiter:
 
 async def get_trust(request: Request) -> Trust:
     return request.app.state.trust
+
+
+async def get_factors(request: Request) -> "Factors":
+    return request.app.state.factors
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

@@ -39,6 +39,7 @@ from models import (
     PasswordChange,
     RefreshRequest,
     Refusal,
+    SecondFactorRequired,
     TokenOut,
     UserCreate,
     UserList,
@@ -117,6 +118,8 @@ async def register(body: UserCreate, request: Request, client: ClientAddress, st
           "challenge as `altcha` (a trusted `device_token` is never refused); see Retry-After"},
     503: {"model": Refusal, "description": "Too many password checks queued (with `challenge_required`: a solved "
           "challenge goes first), or the database is unavailable (PostgreSQL backend); see Retry-After"},
+    403: {"model": SecondFactorRequired, "description": "The password is right and the account has TOTP on: "
+          "`POST /users/login/mfa` with this `mfa_token` and a code completes the login"},
 })
 async def login(body: LoginRequest, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
                 trust: TrustDep, limiter: LimiterDep, settings: SettingsDep,

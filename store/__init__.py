@@ -10,10 +10,10 @@ settings. The package, one idea a module:
   visitors, personal data); what a third backend must do, checked by tests/test_store_contract.py;
 - ``rules``: the rules both backends share, as plain functions (lockout arithmetic, history
   merges and limits);
-- ``json_store`` + ``json_visitors``: ``JsonStore``, the default, on ``journal.JournaledTables``
+- ``json_store`` + ``json_visitors`` + ``json_factors`` (passkeys, second factors): ``JsonStore``, the default, on ``journal.JournaledTables``
   (``users.json`` and its journal);
 - ``pg_base`` (pool, caches kept true by ``LISTEN``/``NOTIFY``, transactions), ``pg_store`` +
-  ``pg_visitors`` (the SQL), ``pg_schema`` (Alembic migrations at start-up) and ``pg_tools``
+  ``pg_visitors`` + ``pg_factors`` (the SQL), ``pg_schema`` (Alembic migrations at start-up) and ``pg_tools``
   (the operator's ``python -m store.pg_tools migrate|import-json``): ``PostgresStore``, when
   ``DATABASE_URL`` is set.
 
@@ -24,7 +24,16 @@ Nothing here imports a backend it does not run: the PostgreSQL modules load only
 from typing import TYPE_CHECKING
 
 from .json_store import JsonStore
-from .protocol import AccountStore, Lifecycle, PersonalStore, SessionStore, Store, ThrottleStore, VisitorStore
+from .protocol import (
+    AccountStore,
+    FactorStore,
+    Lifecycle,
+    PersonalStore,
+    SessionStore,
+    Store,
+    ThrottleStore,
+    VisitorStore,
+)
 from .records import (
     USER_FIELDS,
     Attempt,
@@ -32,6 +41,8 @@ from .records import (
     Device,
     Failures,
     Lockout,
+    MfaTicket,
+    Passkey,
     Personal,
     RateLimited,
     Rotation,
@@ -41,6 +52,7 @@ from .records import (
     User,
     UsernameTaken,
     Visitor,
+    WebAuthnChallenge,
     public_profile,
 )
 from .rules import MAX_FAVOURITES, MAX_HISTORY, client_key
@@ -49,9 +61,9 @@ if TYPE_CHECKING:
     from settings import Settings
 
 __all__ = ["MAX_FAVOURITES", "MAX_HISTORY", "USER_FIELDS", "AccountStore", "Attempt", "ChallengeRequired", "Device",
-           "Failures", "JsonStore", "Lifecycle", "Lockout", "Personal", "PersonalStore", "RateLimited", "Rotation",
+           "FactorStore", "Failures", "JsonStore", "Lifecycle", "Lockout", "MfaTicket", "Passkey", "Personal", "PersonalStore", "RateLimited", "Rotation",
            "SessionStore", "Store", "StoreError", "StoreUnavailable", "ThrottleStore", "UnknownOwner", "User",
-           "UsernameTaken", "Visitor", "VisitorStore", "build_store", "client_key", "public_profile"]
+           "UsernameTaken", "Visitor", "VisitorStore", "WebAuthnChallenge", "build_store", "client_key", "public_profile"]
 
 
 def build_store(settings: "Settings") -> Store:
