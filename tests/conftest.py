@@ -244,8 +244,10 @@ def _assert_tokens(body: dict, expires_in: int) -> None:
 def assert_export(body: object, username: str) -> None:
     """``GET /users/me/data``: everything kept about the account, and nothing else."""
     assert isinstance(body, dict) and set(body) == {"profile", "cart", "history", "favourites", "preferences",
-                                                    "sessions"}, body
+                                                    "sessions", "totp_enabled", "passkeys"}, body
     assert_account(body["profile"], username)
+    assert isinstance(body["totp_enabled"], bool), body
+    assert all(set(p) == {"id", "name", "created_at", "last_used_at"} for p in body["passkeys"]), body
     assert set(body["preferences"]) == {"sort", "theme"}, body
     assert all(set(s) == {"id", "created_at", "expires_at", "current"} for s in body["sessions"]), body
 
