@@ -77,7 +77,7 @@ ALL = "*"  # the NOTIFY payload that drops every cached entry
 SENT_AT = "s:@"
 TABLES = ("users", "username_keys", "anonymous", "cart_items", "history", "favourites", "preferences", "sessions",
           "device_tokens", "spent_challenges",
-          "login_failures", "anonymous_logins", "request_counts", "upgraded")
+          "login_failures", "anonymous_logins", "request_counts", "upgraded", "audit_events")
 
 
 def _owner(owner: str) -> tuple[str, str | None, str | None]:

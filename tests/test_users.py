@@ -97,7 +97,7 @@ async def test_list_and_me(client: Client) -> None:
     token = await client.token_for("marko", "marko123")
     await client.register("ana", "password123")
     me = await client.get("/users/me", headers=bearer(token))
-    assert me.status_code == 200 and me.json()["username"] == "marko" and set(me.json()) == {"id", "username"}
+    assert me.status_code == 200 and me.json()["username"] == "marko" and set(me.json()) == {"id", "username", "is_admin", "disabled", "created_at", "last_login_at"}
     listing = await client.get("/users/list", headers=bearer(token))
     assert listing.status_code == 200
     users = listing.json()["users"]
