@@ -7,7 +7,7 @@ SPA    := frontend/dist/index.html
 SPA_SRC := $(shell find frontend/src frontend/index.html frontend/package.json frontend/package-lock.json frontend/vite.config.js -type f 2>/dev/null)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench screenshot spa spa-if-npm chromium postgres icu migrate import-json clean
+.PHONY: run test lint bench screenshot spa spa-if-npm chromium postgres icu migrate import-json admin clean
 
 # /metrics sums the workers' figures through files in METRICS_DIR (prometheus-client's multiprocess
 # mode): emptied at each start, as a restarted service's counters start from zero. The app writes the
@@ -96,6 +96,13 @@ migrate: $(VENV)/.installed
 FILE ?= users.json
 import-json: $(VENV)/.installed
 	$(PY) -m store.pg_tools import-json $(FILE)
+
+# The first administrator (or another): `make admin NAME=alice` creates the account if missing
+# (password prompted) and grants it admin rights; safe while the service runs (manage.py).
+admin: $(VENV)/.installed
+	@test -n "$(NAME)" || { echo "usage: make admin NAME=<username>"; exit 2; }
+	$(PY) manage.py create-user "$(NAME)" --exists-ok
+	$(PY) manage.py grant-admin "$(NAME)"
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist .pytest_cache
