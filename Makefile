@@ -4,10 +4,14 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 SPA    := frontend/dist/index.html
-SPA_SRC := $(shell find frontend/src frontend/index.html frontend/package.json frontend/package-lock.json frontend/vite.config.js -type f 2>/dev/null)
+SPA_SRC := $(shell find frontend/src frontend/index.html frontend/package.json frontend/package-lock.json \
+             frontend/vite.config.ts frontend/tsconfig.json frontend/tsconfig.node.json -type f 2>/dev/null)
+# npm ci writes this file: node_modules is as package-lock.json says.
+NODE_MODULES := frontend/node_modules/.package-lock.json
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench screenshot spa spa-if-npm chromium postgres icu migrate import-json admin clean
+.PHONY: run test lint bench screenshot spa spa-if-npm api-types api-types-check chromium postgres icu migrate import-json \
+        admin clean
 
 # /metrics sums the workers' figures through files in METRICS_DIR (prometheus-client's multiprocess
 # mode): emptied at each start, as a restarted service's counters start from zero. The app writes the
@@ -19,8 +23,8 @@ run: $(VENV)/.installed spa-if-npm
 	PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(VENV)/bin/uvicorn app:app --host $(HOST) --port $(PORT) \
 	  --workers $(WORKERS)
 
-test: $(VENV)/.installed-dev $(SPA) chromium postgres
-	cd frontend && npm test
+test: $(VENV)/.installed-dev $(SPA) api-types-check chromium postgres
+	cd frontend && npm run typecheck && npm test
 	$(PY) -m pytest
 
 # The README's picture of the SPA, taken by the same browser the tests use.
@@ -45,10 +49,35 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY) icu
 	touch $@ $(VENV)/.installed
 
 # The SPA: built with npm when it is there; without npm the API still runs (app.py says so).
-$(SPA): $(SPA_SRC)
-	cd frontend && npm ci --no-audit --no-fund && npm run build
+$(NODE_MODULES): frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund
+
+$(SPA): $(SPA_SRC) $(NODE_MODULES)
+	cd frontend && npm run build
 
 spa: $(SPA)
+
+# The SPA's types of the API: frontend/openapi.json is the app's OpenAPI document (the text of
+# GET /openapi.json, written without a server), frontend/src/api/schema.d.ts what openapi-typescript
+# generates from it; both are committed. `make api-types` writes them anew after a change to the
+# API; `make test` fails while they differ from what the code generates.
+API_DOC   := frontend/openapi.json
+API_TYPES := frontend/src/api/schema.d.ts
+api-types: $(VENV)/.installed $(NODE_MODULES)
+	$(PY) frontend/scripts/openapi.py $(API_DOC)
+	cd frontend && npx --no-install openapi-typescript openapi.json -o src/api/schema.d.ts
+
+api-types-check: $(VENV)/.installed $(NODE_MODULES)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PY) frontend/scripts/openapi.py "$$tmp/openapi.json" && \
+	(cd frontend && npx --no-install openapi-typescript "$$tmp/openapi.json" -o "$$tmp/schema.d.ts" >/dev/null) && \
+	if cmp -s "$$tmp/openapi.json" $(API_DOC) && cmp -s "$$tmp/schema.d.ts" $(API_TYPES); then \
+	  echo "API types: up to date with the app's OpenAPI document"; \
+	else \
+	  diff -u $(API_DOC) "$$tmp/openapi.json" | head -n 40; diff -u $(API_TYPES) "$$tmp/schema.d.ts" | head -n 40; \
+	  echo "generated API types are stale: run \`make api-types\` (and commit $(API_DOC) and $(API_TYPES))"; \
+	  exit 1; \
+	fi
 
 spa-if-npm:
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory spa; \

@@ -344,7 +344,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (users.router, shop.router, personal.router, anonymous.router, security.router, admin.router):
         include_flat(app, router)
 
-    # Swagger UI's files from the SPA build (frontend/vite.config.js), else a CDN; one fixed page,
+    # Swagger UI's files from the SPA build (frontend/vite.config.ts), else a CDN; one fixed page,
     # so its inline start-up script has one hash, which /docs's Content-Security-Policy allows.
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

@@ -188,6 +188,32 @@ def _flood(port: int, stop: threading.Event, answers: Counter[int], abandon: boo
         conn.close()
 
 
+def _logins_during(cfg: Any, flood: list[threading.Thread], stop: threading.Event,
+                   login: Callable[[], int]) -> tuple[list[float], int]:
+    """Start ``flood``; once it is in full swing, time ``login`` (its HTTP status) again and again
+    for ``cfg.duration`` (and at least ``cfg.login_samples`` successes); then stop the flood. The
+    times of the successes, in ms, and how many were refused."""
+    for thread in flood:
+        thread.start()
+    samples: list[float] = []
+    refused = 0
+    try:
+        time.sleep(cfg.storm_margin)
+        end = time.monotonic() + cfg.duration
+        while (time.monotonic() < end or len(samples) < cfg.login_samples) and time.monotonic() < end + 60:
+            started = time.perf_counter()
+            if login() == 200:
+                samples.append((time.perf_counter() - started) * 1000)
+            else:
+                refused += 1
+                time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in flood:
+            thread.join()
+    return samples, refused
+
+
 def route_missing(status: int, body: bytes) -> bool:
     """FastAPI's own 404/405 for an unknown route (not a 404 the route itself raised)."""
     return status == 405 or (status == 404 and b'"Not Found"' in body)
@@ -473,24 +499,10 @@ class Bench:
                 stop = threading.Event()
                 answers: Counter[int] = Counter()
                 flood = [threading.Thread(target=_flood, args=(srv.port, stop, answers, i < 2)) for i in range(8)]
-                for thread in flood:
-                    thread.start()
-                try:
-                    time.sleep(cfg.storm_margin)
-                    samples: list[float] = []
-                    end = time.monotonic() + cfg.duration
-                    while (time.monotonic() < end or len(samples) < cfg.login_samples) and time.monotonic() < end + 60:
-                        started = time.perf_counter()
-                        status, _ = _json_post(srv.port, "/users/login", {"username": STORM_USER, "password": PASSWORD})
-                        if status == 200:
-                            samples.append((time.perf_counter() - started) * 1000)
-                        else:  # refused (503): counted, and the row says so
-                            out["login_flood_refused"] = out.get("login_flood_refused", 0) + 1
-                            time.sleep(0.2)
-                finally:
-                    stop.set()
-                    for thread in flood:
-                        thread.join()
+                samples, refused = _logins_during(cfg, flood, stop, lambda: _json_post(
+                    srv.port, "/users/login", {"username": STORM_USER, "password": PASSWORD})[0])
+                if refused:  # refused (503): counted, and the row says so
+                    out["login_flood_refused"] = out.get("login_flood_refused", 0) + refused
                 out["login_flood_ms"].append(samples)
                 for code, n in answers.items():
                     out["flood_answers"][str(code)] = out["flood_answers"].get(str(code), 0) + n
@@ -533,23 +545,8 @@ class Bench:
             answers: Counter[int] = Counter()
             flood = [threading.Thread(target=_flood, args=(srv.port, stop, answers, False, FLOOD_ADDRESSES, 5 * i))
                      for i in range(32)]
-            for thread in flood:
-                thread.start()
-            try:
-                time.sleep(cfg.storm_margin)
-                samples: list[float] = []
-                end = time.monotonic() + cfg.duration
-                while (time.monotonic() < end or len(samples) < cfg.login_samples) and time.monotonic() < end + 60:
-                    started = time.perf_counter()
-                    if trusted_login() == 200:
-                        samples.append((time.perf_counter() - started) * 1000)
-                    else:
-                        out["trusted_refused"] += 1
-                        time.sleep(0.2)
-            finally:
-                stop.set()
-                for thread in flood:
-                    thread.join()
+            samples, refused = _logins_during(cfg, flood, stop, trusted_login)
+            out["trusted_refused"] += refused
             out["trusted_flood_ms"].append(samples)
         say(f"  trusted login p99 idle {[f'{_p99(s):.0f}' for s in out['trusted_idle_ms']]} ms, during a flood "
             f"from 51 addresses {[f'{_p99(s):.0f}' for s in out['trusted_flood_ms']]} ms "

@@ -92,7 +92,7 @@ async def list_users(_: CurrentUser, store: StoreDep, limit: Annotated[int, Quer
     users = await store.list_users(limit + 1, after=cursor)
     more = len(users) > limit
     del users[limit:]
-    return {"users": [{"id": u.id, "username": u.username} for u in users],
+    return {"users": [public_profile(u) for u in users],
             "next_cursor": encode_cursor(normalize_username(users[-1].username)) if more else None}
 
 
@@ -103,7 +103,7 @@ def _caller(request: Request, client: str, anonymous: str | None) -> Caller:
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut, responses={
     409: {"model": Message, "description": "Username already taken"}, 429: TOO_MANY, 503: BUSY})
 async def register(body: UserCreate, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
-                   limiter: LimiterDep, anonymous: OptionalAnonymous, audit: AuditDep) -> dict[str, str]:
+                   limiter: LimiterDep, anonymous: OptionalAnonymous, audit: AuditDep) -> dict[str, Any]:
     """Create an account. Sent with an anonymous visitor's token, the visitor's data moves into it."""
     try:
         user = await accounts.register(body.username, body.password, _caller(request, client, anonymous),
@@ -112,7 +112,7 @@ async def register(body: UserCreate, request: Request, client: ClientAddress, st
         metrics.record_registration(metrics.refusal_outcome(exc))
         raise
     metrics.record_registration("created")
-    return {"id": user.id, "username": user.username}
+    return public_profile(user)
 
 
 @router.post("/login", response_model=LoginOut, responses={

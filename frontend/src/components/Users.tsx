@@ -1,29 +1,18 @@
-import { useEffect, useState } from "react";
-import { api, SessionExpiredError } from "../api.js";
-import { useAuth } from "../AuthContext.jsx";
+import { useQuery } from "@tanstack/react-query";
+import { useState } from "react";
+import { api } from "../api";
+import { useAuth } from "../AuthContext";
+import { queryKeys } from "../queries";
 
-/** All registered users, for a logged-in user; a Logout button. */
+/** All registered users, for a logged-in user (fetched anew at each login); a Logout button. */
 export default function Users() {
-  const { user, logout, setMessage } = useAuth();
-  const [users, setUsers] = useState([]);
+  const { user, logout, sessionKey } = useAuth();
+  const users = useQuery({
+    queryKey: queryKeys.users(sessionKey),
+    queryFn: api.listUsers,
+    enabled: user !== null,
+  });
   const [busy, setBusy] = useState(false);
-
-  useEffect(() => {
-    setUsers([]);
-    if (!user) return undefined;
-    let cancelled = false;
-    api
-      .listUsers()
-      .then((data) => {
-        if (!cancelled) setUsers(data.users);
-      })
-      .catch((error) => {
-        if (!cancelled && !(error instanceof SessionExpiredError)) setMessage(error.message);
-      });
-    return () => {
-      cancelled = true;
-    };
-  }, [user, setMessage]);
 
   async function handleLogout() {
     setBusy(true);
@@ -40,7 +29,7 @@ export default function Users() {
             Logged in as <strong data-testid="current-user">{user.username}</strong>
           </p>
           <ul className="user-list" aria-label="All users" data-testid="user-list">
-            {users.map((entry) => (
+            {(users.data?.users ?? []).map((entry) => (
               <li key={entry.id}>{entry.username}</li>
             ))}
           </ul>

@@ -1,7 +1,7 @@
-import { useAuth } from "../AuthContext.jsx";
-import CredentialsForm from "./CredentialsForm.jsx";
+import { useAuth } from "../AuthContext";
+import CredentialsForm from "./CredentialsForm";
 
-export default function Login({ initialUsername = "" }) {
+export default function Login({ initialUsername = "" }: { initialUsername?: string }) {
   const { login } = useAuth();
   return (
     <CredentialsForm

@@ -1,10 +1,10 @@
-import { AuthProvider, useAuth } from "./AuthContext.jsx";
-import AccountPanel from "./components/AccountPanel.jsx";
-import AuthForms from "./components/AuthForms.jsx";
-import ChallengeProgress from "./components/ChallengeProgress.jsx";
-import Message from "./components/Message.jsx";
-import Shop from "./components/Shop.jsx";
-import Users from "./components/Users.jsx";
+import { AuthProvider, useAuth } from "./AuthContext";
+import AccountPanel from "./components/AccountPanel";
+import AuthForms from "./components/AuthForms";
+import ChallengeProgress from "./components/ChallengeProgress";
+import Message from "./components/Message";
+import Shop from "./components/Shop";
+import Users from "./components/Users";
 
 function Account() {
   const { user, checking } = useAuth();

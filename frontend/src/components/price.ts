@@ -1,3 +1,3 @@
 const currency = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
 
-export const formatPrice = (price) => currency.format(price);
+export const formatPrice = (price: number): string => currency.format(price);

@@ -1,7 +1,7 @@
 import { useEffect, useState } from "react";
-import { on } from "../api.js";
+import { on } from "../api";
 
-/** "Checking your browser…" while api.js solves a proof-of-work challenge the server asked for
+/** "Checking your browser…" while api.ts solves a proof-of-work challenge the server asked for
  * (a login or a new visitor while the service is under pressure). The live region stays in the
  * page, empty when idle, so that screen readers announce the text when it appears. */
 export default function ChallengeProgress() {

@@ -1,7 +1,18 @@
-import { formatPrice } from "./price.js";
+import type { CartLine, Item } from "../api";
+import { formatPrice } from "./price";
 
 /** The cart (kept on the server): quantities, a total and "Remove" buttons. */
-export default function Cart({ lines, itemsById, busy, onRemove }) {
+export default function Cart({
+  lines,
+  itemsById,
+  busy,
+  onRemove,
+}: {
+  lines: CartLine[];
+  itemsById: Map<number, Item>;
+  busy: boolean;
+  onRemove: (itemId: number) => void;
+}) {
   const total = lines.reduce(
     (sum, line) => sum + (itemsById.get(line.item_id)?.price ?? 0) * line.quantity,
     0,

@@ -1,22 +1,60 @@
-import { createContext, useCallback, useContext, useEffect, useMemo, useState } from "react";
-import { api, on, SessionExpiredError, tokens } from "./api.js";
+// The identity of this browser (a logged-in user, or a visitor), the status line's message, and
+// the account actions that change them. Server state the page shows (the shop, the users) is
+// fetched through TanStack Query (queries.ts), whose client lives here: a failed fetch or change
+// is reported in the status line, and a new identity (`sessionKey`) fetches its own.
+import { QueryClientProvider } from "@tanstack/react-query";
+import {
+  createContext,
+  useCallback,
+  useContext,
+  useEffect,
+  useMemo,
+  useState,
+  type ReactNode,
+} from "react";
+import { api, ApiError, on, SessionExpiredError, tokens, type User } from "./api";
+import { newQueryClient } from "./queries";
 
 const EXPIRED_MESSAGE = "Your session has expired or is invalid, please log in again.";
 const WRONG_PASSWORD = "The password is wrong";
 
-const AuthContext = createContext(null);
+interface Auth {
+  user: User | null;
+  message: string;
+  setMessage: (text: string) => void;
+  /** True while a stored session is being checked on load. */
+  checking: boolean;
+  /** Bumped whenever the identity changes: the shop and the users are fetched anew. */
+  sessionKey: number;
+  register: (username: string, password: string) => Promise<boolean>;
+  login: (username: string, password: string) => Promise<boolean>;
+  logout: () => Promise<void>;
+  logoutEverywhere: () => Promise<boolean>;
+  changePassword: (currentPassword: string, newPassword: string) => Promise<boolean>;
+  deleteAccount: (password: string) => Promise<boolean>;
+}
 
-export function AuthProvider({ children }) {
-  const [user, setUser] = useState(null);
+const AuthContext = createContext<Auth | null>(null);
+
+/** The text of an error for the status line. */
+const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error));
+
+export function AuthProvider({ children }: { children: ReactNode }) {
+  const [user, setUser] = useState<User | null>(null);
   const [message, setMessage] = useState("");
+  // Queries and changes report their errors here; an expired session is reported by "expired".
+  const [queryClient] = useState(() =>
+    newQueryClient((error) => {
+      if (!(error instanceof SessionExpiredError)) setMessage(errorText(error));
+    }),
+  );
   // True while a stored session is being checked on load.
   const [checking, setChecking] = useState(() => Boolean(tokens.jwt()));
-  // Bumped whenever the identity changes, so that the cart is reloaded.
   const [sessionKey, setSessionKey] = useState(0);
 
   /** This browser's session is over: forget its tokens (not the device token, which logins
    * keep sending) and carry on as a visitor. */
-  const endSession = useCallback((text) => {
+  const endSession = useCallback((text: string) => {
     tokens.clearSession();
     setUser(null);
     setMessage(text);
@@ -26,7 +64,7 @@ export function AuthProvider({ children }) {
   useEffect(() => on("expired", () => endSession(EXPIRED_MESSAGE)), [endSession]);
 
   // On load: resume a stored session. A visitor gets an anonymous token only when it first
-  // does something the server keeps (api.js).
+  // does something the server keeps (api.ts).
   useEffect(() => {
     if (!tokens.jwt()) return undefined;
     let cancelled = false;
@@ -39,10 +77,10 @@ export function AuthProvider({ children }) {
       })
       .catch((error) => {
         if (cancelled) return;
-        if (error instanceof SessionExpiredError || [401, 403].includes(error.status)) {
+        if (error instanceof SessionExpiredError || (error instanceof ApiError && [401, 403].includes(error.status))) {
           endSession(EXPIRED_MESSAGE);
         } else {
-          setMessage(error.message);
+          setMessage(errorText(error));
         }
       })
       .finally(() => {
@@ -53,19 +91,19 @@ export function AuthProvider({ children }) {
     };
   }, [endSession]);
 
-  const register = useCallback(async (username, password) => {
+  const register = useCallback(async (username: string, password: string) => {
     try {
       const created = await api.register(username, password);
       setMessage(`Registered ${created.username}, please log in`);
       setSessionKey((key) => key + 1);
       return true;
     } catch (error) {
-      setMessage(error.message);
+      setMessage(errorText(error));
       return false;
     }
   }, []);
 
-  const login = useCallback(async (username, password) => {
+  const login = useCallback(async (username: string, password: string) => {
     try {
       await api.login(username, password);
       const me = await api.me();
@@ -75,7 +113,7 @@ export function AuthProvider({ children }) {
       return true;
     } catch (error) {
       tokens.clearSession(); // no half-open session if /users/me failed after the login
-      setMessage(error.message);
+      setMessage(errorText(error));
       return false;
     }
   }, []);
@@ -90,13 +128,13 @@ export function AuthProvider({ children }) {
   }, [endSession]);
 
   /** Runs an account action; true on success, else the error is shown. */
-  const attempt = useCallback(async (action) => {
+  const attempt = useCallback(async (action: () => Promise<unknown>) => {
     try {
       await action();
       return true;
     } catch (error) {
       if (error instanceof SessionExpiredError) return false; // "expired" has ended the session
-      setMessage(error.status === 401 ? WRONG_PASSWORD : error.message);
+      setMessage(error instanceof ApiError && error.status === 401 ? WRONG_PASSWORD : errorText(error));
       return false;
     }
   }, []);
@@ -111,7 +149,7 @@ export function AuthProvider({ children }) {
   );
 
   const changePassword = useCallback(
-    (currentPassword, newPassword) =>
+    (currentPassword: string, newPassword: string) =>
       attempt(async () => {
         await api.changePassword(currentPassword, newPassword);
         setMessage("Password changed; your other sessions are logged out");
@@ -120,7 +158,7 @@ export function AuthProvider({ children }) {
   );
 
   const deleteAccount = useCallback(
-    (password) =>
+    (password: string) =>
       attempt(async () => {
         await api.deleteAccount(password);
         endSession("Account deleted");
@@ -128,7 +166,7 @@ export function AuthProvider({ children }) {
     [attempt, endSession],
   );
 
-  const value = useMemo(
+  const value = useMemo<Auth>(
     () => ({
       user,
       message,
@@ -144,10 +182,14 @@ export function AuthProvider({ children }) {
     }),
     [user, message, checking, sessionKey, register, login, logout, logoutEverywhere, changePassword, deleteAccount],
   );
-  return <AuthContext.Provider value={value}>{children}</AuthContext.Provider>;
+  return (
+    <QueryClientProvider client={queryClient}>
+      <AuthContext.Provider value={value}>{children}</AuthContext.Provider>
+    </QueryClientProvider>
+  );
 }
 
-export function useAuth() {
+export function useAuth(): Auth {
   const context = useContext(AuthContext);
   if (!context) throw new Error("useAuth() must be used inside <AuthProvider>");
   return context;

@@ -1,10 +1,10 @@
-import { useAuth } from "../AuthContext.jsx";
-import CredentialsForm from "./CredentialsForm.jsx";
+import { useAuth } from "../AuthContext";
+import CredentialsForm from "./CredentialsForm";
 
-export default function Register({ onRegistered }) {
+export default function Register({ onRegistered }: { onRegistered?: (username: string) => void }) {
   const { register } = useAuth();
 
-  async function submit(username, password) {
+  async function submit(username: string, password: string) {
     const ok = await register(username, password);
     if (ok) onRegistered?.(username);
     return ok;

@@ -1,4 +1,4 @@
-import { useId, useState } from "react";
+import { useId, useState, type FormEvent, type ReactNode } from "react";
 
 // The username + password form that Login and Register share; `onSubmit` resolves to true on
 // success. The password is cleared after a failed attempt.
@@ -8,13 +8,19 @@ export default function CredentialsForm({
   initialUsername = "",
   onSubmit,
   children,
+}: {
+  title: string;
+  passwordAutoComplete: "current-password" | "new-password";
+  initialUsername?: string;
+  onSubmit: (username: string, password: string) => Promise<boolean>;
+  children?: ReactNode;
 }) {
   const id = useId();
   const [username, setUsername] = useState(initialUsername);
   const [password, setPassword] = useState("");
   const [busy, setBusy] = useState(false);
 
-  async function handleSubmit(event) {
+  async function handleSubmit(event: FormEvent<HTMLFormElement>) {
     event.preventDefault();
     setBusy(true);
     const ok = await onSubmit(username, password);

@@ -1,7 +1,20 @@
-import { formatPrice } from "./price.js";
+import type { Item, Theme } from "../api";
+import { formatPrice } from "./price";
 
 /** A short list of items (recently viewed, recommended); a name opens the item's details. */
-export function ItemList({ title, testId, items, empty, onOpen }) {
+export function ItemList({
+  title,
+  testId,
+  items,
+  empty,
+  onOpen,
+}: {
+  title: string;
+  testId: string;
+  items: Item[];
+  empty: string;
+  onOpen: (itemId: number) => void;
+}) {
   const id = `${testId}-title`;
   return (
     <section className="card" aria-labelledby={id} data-testid={testId}>
@@ -24,7 +37,7 @@ export function ItemList({ title, testId, items, empty, onOpen }) {
 }
 
 /** The item last opened. */
-export function ItemDetail({ item, favourite, onClose }) {
+export function ItemDetail({ item, favourite, onClose }: { item: Item; favourite: boolean; onClose: () => void }) {
   return (
     <section className="card" aria-labelledby="detail-title" data-testid="item-detail">
       <h2 id="detail-title">{item.name}</h2>
@@ -40,11 +53,19 @@ export function ItemDetail({ item, favourite, onClose }) {
 }
 
 /** The theme switch: light or dark (or the system's), kept on the server with the other preferences. */
-export function ThemeSwitch({ theme, busy, onChange }) {
+export function ThemeSwitch({
+  theme,
+  busy,
+  onChange,
+}: {
+  theme: Theme;
+  busy: boolean;
+  onChange: (theme: Theme) => void;
+}) {
   return (
     <label className="inline theme-switch">
       Theme{" "}
-      <select value={theme} onChange={(event) => onChange(event.target.value)} disabled={busy}>
+      <select value={theme} onChange={(event) => onChange(event.target.value as Theme)} disabled={busy}>
         <option value="system">System</option>
         <option value="light">Light</option>
         <option value="dark">Dark</option>

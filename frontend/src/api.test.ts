@@ -1,29 +1,43 @@
-// Unit tests of the token handling in api.js (Node environment: fetch and
+// Unit tests of the token handling in api.ts (Node environment: fetch and
 // localStorage are replaced by small fakes). The proof-of-work challenges are
-// real ones (altcha-lib creates and verifies them), solved by challenge.js.
+// real ones (altcha-lib creates and verifies them), solved by challenge.ts.
 import { createChallenge, verifySolution } from "altcha-lib/v1";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { api, formatDetail, on, SessionExpiredError, tokens } from "./api.js";
+import { api, formatDetail, on, SessionExpiredError, tokens } from "./api";
 
 function fakeStorage() {
-  const data = new Map();
+  const data = new Map<string, string>();
   return {
-    getItem: (key) => (data.has(key) ? data.get(key) : null),
-    setItem: (key, value) => data.set(key, String(value)),
-    removeItem: (key) => data.delete(key),
+    getItem: (key: string) => data.get(key) ?? null,
+    setItem: (key: string, value: unknown) => data.set(key, String(value)),
+    removeItem: (key: string) => data.delete(key),
     clear: () => data.clear(),
   };
 }
 
-const json = (status, body) =>
+const json = (status: number, body: unknown) =>
   new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
 
+interface Call {
+  path: string;
+  method: string | undefined;
+  bearer: string | null;
+  body: any; // what the page sent, of any shape
+}
+type Handler = (
+  path: string,
+  init: RequestInit,
+  bearer: string | null,
+  body: Call["body"],
+) => Response | Promise<Response>;
+
 /** A fake fetch answering from `handler(path, init, bearer)`; records every call. */
-function fakeFetch(handler) {
-  const calls = [];
-  const fetch = vi.fn(async (url, init) => {
-    const bearer = init.headers.Authorization?.replace("Bearer ", "") ?? null;
-    const body = init.body ? JSON.parse(init.body) : undefined;
+function fakeFetch(handler: Handler) {
+  const calls: Call[] = [];
+  const fetch = vi.fn(async (url: string, init: RequestInit) => {
+    const headers = init.headers as Record<string, string>;
+    const bearer = headers.Authorization?.replace("Bearer ", "") ?? null;
+    const body = init.body ? JSON.parse(init.body as string) : undefined;
     calls.push({ path: url, method: init.method, bearer, body });
     // Let concurrent callers interleave like real network calls.
     await new Promise((resolve) => setTimeout(resolve, 5));
@@ -43,7 +57,7 @@ afterEach(() => {
 describe("registered session", () => {
   it("refreshes once for concurrent 401s and retries each call with the new token", async () => {
     tokens.saveSession({ token: "old", refresh_token: "r1" });
-    const { fetch, calls } = fakeFetch((path, init, bearer) => {
+    const { fetch, calls } = fakeFetch((path, _init, bearer) => {
       if (path === "/users/refresh") return json(200, { token: "new", refresh_token: "r2" });
       if (bearer !== "new") return json(401, { detail: "Signature has expired" });
       return path === "/users/me" ? json(200, { id: 1, username: "alice" }) : json(200, { items: [] });
@@ -131,7 +145,7 @@ describe("account actions", () => {
 describe("anonymous visitor", () => {
   it("gets an anonymous token first, and a new one once after a 401", async () => {
     let issued = 0;
-    const { fetch, calls } = fakeFetch((path, init, bearer) => {
+    const { fetch, calls } = fakeFetch((path, _init, bearer) => {
       if (path === "/anonymous-login") {
         issued += 1;
         return json(200, { access_token: `anon${issued}`, token_type: "bearer", expires_in: 60 });
@@ -223,7 +237,7 @@ describe("personalisation calls", () => {
 
 describe("a visitor without a token", () => {
   it("reads the catalogue without a token and asks for one only for something kept on the server", async () => {
-    const { fetch, calls } = fakeFetch((path, init, bearer) => {
+    const { fetch, calls } = fakeFetch((path, _init, bearer) => {
       if (path === "/anonymous-login") {
         return json(200, { access_token: "anon", token_type: "bearer", expires_in: 60 });
       }
@@ -256,7 +270,7 @@ describe("a visitor without a token", () => {
 
   it("drops an expired anonymous token on a read instead of asking for a new one", async () => {
     tokens.saveAnonymous("expired");
-    const { fetch, calls } = fakeFetch((path, init, bearer) =>
+    const { fetch, calls } = fakeFetch((_path, _init, bearer) =>
       bearer ? json(401, { detail: "Signature has expired" }) : json(200, { items: [{ id: 2 }] }),
     );
     vi.stubGlobal("fetch", fetch);
@@ -273,7 +287,7 @@ describe("a visitor without a token", () => {
 });
 
 describe("device token", () => {
-  const session = (device) => ({
+  const session = (device: string | undefined) => ({
     token: "access",
     token_type: "bearer",
     expires_in: 1800,
@@ -289,7 +303,7 @@ describe("device token", () => {
     vi.stubGlobal("fetch", fetch);
 
     await api.login("Alice", "secret-password");
-    expect(calls[0].body).toEqual({ username: "Alice", password: "secret-password" });
+    expect(calls[0]!.body).toEqual({ username: "Alice", password: "secret-password" });
     expect(tokens.device("alice")).toBe("device-1");
 
     await api.logout();
@@ -312,7 +326,7 @@ describe("device token", () => {
 
     await api.login("bob", "secret-password");
 
-    expect(calls[0].body).toEqual({ username: "bob", password: "secret-password" });
+    expect(calls[0]!.body).toEqual({ username: "bob", password: "secret-password" });
     expect(tokens.device("alice")).toBe("alice-device");
     expect(tokens.device("bob")).toBe("bob-device");
   });
@@ -341,9 +355,9 @@ describe("challenge", () => {
   }
 
   /** A server whose `path` asks for a challenge unless the body carries a valid solution. */
-  function guardedServer(path, answer, { alwaysRefuse = false } = {}) {
-    const verified = [];
-    const fake = fakeFetch(async (url, init, bearer, body) => {
+  function guardedServer(path: string, answer: unknown, { alwaysRefuse = false } = {}) {
+    const verified: boolean[] = [];
+    const fake = fakeFetch(async (url, _init, _bearer, body) => {
       if (url === "/challenge") return json(200, await serverChallenge());
       if (url !== path) return json(404, { detail: "Not Found" });
       if (body?.altcha) verified.push(await verifySolution(body.altcha, HMAC_KEY));
@@ -367,15 +381,15 @@ describe("challenge", () => {
       device_token: "device-1",
     });
     vi.stubGlobal("fetch", fetch);
-    const events = [];
+    const events: boolean[] = [];
     const unsubscribe = on("challenge", (solving) => events.push(solving));
 
     await api.login("alice", "secret-password");
 
     unsubscribe();
     expect(calls.map((call) => call.path)).toEqual(["/users/login", "/challenge", "/users/login"]);
-    expect(calls[0].body).toEqual({ username: "alice", password: "secret-password" });
-    expect(calls[2].body).toMatchObject({ username: "alice", password: "secret-password" });
+    expect(calls[0]!.body).toEqual({ username: "alice", password: "secret-password" });
+    expect(calls[2]!.body).toMatchObject({ username: "alice", password: "secret-password" });
     expect(verified).toEqual([true]);
     expect(events).toEqual([true, false]);
     expect(tokens.jwt()).toBe("access");
@@ -410,7 +424,7 @@ describe("challenge", () => {
       expires_in: 60,
     });
     const cart = { items: [{ item_id: 2, quantity: 1 }] };
-    vi.stubGlobal("fetch", async (url, init) =>
+    vi.stubGlobal("fetch", async (url: string, init: RequestInit) =>
       url === "/cart/items/2" ? json(200, cart) : fetch(url, init),
     );
 

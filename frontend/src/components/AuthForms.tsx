@@ -1,10 +1,10 @@
 import { useState } from "react";
-import Login from "./Login.jsx";
-import Register from "./Register.jsx";
+import Login from "./Login";
+import Register from "./Register";
 
 /** Login or Register, with a toggle between the two. */
 export default function AuthForms() {
-  const [mode, setMode] = useState("login");
+  const [mode, setMode] = useState<"login" | "register">("login");
   const [registeredName, setRegisteredName] = useState("");
 
   function showLogin(username = "") {

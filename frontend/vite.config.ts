@@ -1,7 +1,7 @@
 import { cpSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { createRequire } from "node:module";
-import { defineConfig } from "vite";
+import { defineConfig } from "vitest/config";
 import react from "@vitejs/plugin-react";
 
 // Swagger UI's files go into dist/swagger/, so FastAPI serves /docs without a CDN (offline too).

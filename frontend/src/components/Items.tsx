@@ -1,6 +1,7 @@
-import { formatPrice } from "./price.js";
+import type { Item, Sort } from "../api";
+import { formatPrice } from "./price";
 
-const SORTS = [
+const SORTS: [Sort, string][] = [
   ["catalogue", "Catalogue order"],
   ["name", "Name"],
   ["price", "Price"],
@@ -9,14 +10,34 @@ const SORTS = [
 
 /** The catalogue: every item with its price, a favourite toggle and an "Add to cart" button.
  * Clicking an item's name opens its details (and records a view on the server). */
-export default function Items({ items, greeting, busy, favourites, sort, onAdd, onOpen, onFavourite, onSort }) {
+export default function Items({
+  items,
+  greeting,
+  busy,
+  favourites,
+  sort,
+  onAdd,
+  onOpen,
+  onFavourite,
+  onSort,
+}: {
+  items: Item[];
+  greeting: string;
+  busy: boolean;
+  favourites: number[];
+  sort: Sort;
+  onAdd: (item: Item) => void;
+  onOpen: (itemId: number) => void;
+  onFavourite: (itemId: number, on: boolean) => void;
+  onSort: (sort: Sort) => void;
+}) {
   return (
     <section className="card" aria-labelledby="items-title">
       <h2 id="items-title">Catalogue</h2>
       {greeting && <p data-testid="greeting">{greeting}</p>}
       <label className="inline">
         Sort by{" "}
-        <select value={sort} onChange={(event) => onSort(event.target.value)} disabled={busy}>
+        <select value={sort} onChange={(event) => onSort(event.target.value as Sort)} disabled={busy}>
           {SORTS.map(([value, label]) => (
             <option key={value} value={value}>
               {label}

@@ -1,15 +1,27 @@
-import { useId, useState } from "react";
-import { useAuth } from "../AuthContext.jsx";
+import { useId, useState, type FormEvent } from "react";
+import { useAuth } from "../AuthContext";
 
 /** A form of password fields. Whatever the outcome (shown in the status line), the fields are
  * cleared: a password never stays on screen. */
-function PasswordForm({ title, fields, submitLabel, onSubmit, danger = false }) {
+function PasswordForm<Name extends string>({
+  title,
+  fields,
+  submitLabel,
+  onSubmit,
+  danger = false,
+}: {
+  title: string;
+  fields: { name: Name; label: string; autoComplete: string; minLength?: number }[];
+  submitLabel: string;
+  onSubmit: (values: Record<Name, string>) => Promise<unknown>;
+  danger?: boolean;
+}) {
   const id = useId();
-  const empty = Object.fromEntries(fields.map((field) => [field.name, ""]));
+  const empty = Object.fromEntries(fields.map((field) => [field.name, ""])) as Record<Name, string>;
   const [values, setValues] = useState(empty);
   const [busy, setBusy] = useState(false);
 
-  async function handleSubmit(event) {
+  async function handleSubmit(event: FormEvent<HTMLFormElement>) {
     event.preventDefault();
     setBusy(true);
     await onSubmit(values);

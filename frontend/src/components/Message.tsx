@@ -1,4 +1,4 @@
-import { useAuth } from "../AuthContext.jsx";
+import { useAuth } from "../AuthContext";
 
 /** The status line: the result of the last action, read out by screen readers. */
 export default function Message() {
