@@ -95,7 +95,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.trust = Trust(secret, settings.device_token_days, settings.challenge_expire_seconds,
                             settings.challenge_max_number)
     app.state.early_retries = EarlyRetries(settings.early_retry_delay_seconds)
-    app.state.audit = auditor = Auditor(store)
+    app.state.audit = auditor = Auditor(store, enabled=settings.audit_enabled)
     await _maintain(store, settings)
     tasks = [asyncio.create_task(_periodically(MAINTENANCE_SECONDS, lambda: _maintain(store, settings),
                                                "store maintenance")),

@@ -61,8 +61,9 @@ class _Fold:
 class Auditor:
     """One per worker (app.state.audit); ``record`` is synchronous and cheap (a list append)."""
 
-    def __init__(self, store: Store, fold_seconds: float = FOLD_SECONDS) -> None:
+    def __init__(self, store: Store, fold_seconds: float = FOLD_SECONDS, enabled: bool = True) -> None:
         self._store = store
+        self._enabled = enabled
         self._fold_seconds = fold_seconds
         self._pending: list[AuditEvent] = []
         self._folds: dict[tuple[str, str], _Fold] = {}  # (account id, address) -> the open minute
@@ -70,6 +71,8 @@ class Auditor:
     def record(self, type: str, user: User | None, client: str | None = None, user_agent: str | None = None,
                *, user_id: str | None = None, **detail: Any) -> None:
         """Note an event about ``user`` (or just ``user_id``, once the account is gone)."""
+        if not self._enabled:  # AUDIT_ENABLED=false: the bench's baseline
+            return
         now = time.time()
         request_id = logs.current_request_id()
         if request_id:
