@@ -1,5 +1,6 @@
 import { useId, useState, type FormEvent } from "react";
 import { useAuth } from "../AuthContext";
+import Devices from "./Devices";
 
 /** A form of password fields. Whatever the outcome (shown in the status line), the fields are
  * cleared: a password never stays on screen. */
@@ -77,6 +78,7 @@ export default function AccountPanel() {
         ]}
         onSubmit={({ current, next }) => changePassword(current, next)}
       />
+      <Devices />
       <button type="button" onClick={handleLogoutEverywhere} disabled={busy}>
         Log out everywhere
       </button>
