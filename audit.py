@@ -10,8 +10,9 @@ disk. The first ``login_failed`` of an (account, address) pair is written at onc
 the ones that follow within ``FOLD_SECONDS`` of it are only counted, and written as one more
 ``login_failed`` event with ``detail.count`` (how many it stands for) when that minute is over or
 the worker stops. So a pair costs at most two events a minute per worker, and the counts add up
-to the number of failures. At most ``MAX_FOLDS`` pairs are open at once; past it the oldest is
-written early.
+to the number of failures. The refusals a flood causes (``locked``, ``challenge_required``: no
+password is even checked) fold the same way, each type on its own. At most ``MAX_FOLDS`` pairs
+are open at once; past it the oldest is written early.
 
 Events carry who (``user_id``, ``username``), from where (``client``: the address as the service
 counts it, ``user_agent``: truncated) and ``detail`` (small, type-specific, with the request's
@@ -32,6 +33,7 @@ FOLD_SECONDS = 60.0
 MAX_FOLDS = 10_000
 MAX_PENDING = 100_000  # events waiting for a store that does not answer; past it the oldest go
 USER_AGENT_CHARS = 200
+FOLDED = frozenset({"login_failed", "locked", "challenge_required"})  # what a flood repeats
 TYPES = ("register", "login", "login_failed", "locked", "challenge_required", "logout", "logout_all",
          "session_ended", "refresh_reuse", "password_changed", "account_deleted", "admin_disable", "admin_enable",
          "admin_unlock", "admin_end_sessions", "admin_grant", "admin_revoke")
@@ -66,7 +68,7 @@ class Auditor:
         self._enabled = enabled
         self._fold_seconds = fold_seconds
         self._pending: list[AuditEvent] = []
-        self._folds: dict[tuple[str, str], _Fold] = {}  # (account id, address) -> the open minute
+        self._folds: dict[tuple[str, str, str], _Fold] = {}  # (type, account id, address) -> the open minute
 
     def record(self, type: str, user: User | None, client: str | None = None, user_agent: str | None = None,
                *, user_id: str | None = None, **detail: Any) -> None:
@@ -79,8 +81,8 @@ class Auditor:
             detail["request_id"] = request_id
         event = AuditEvent(event_id(now), now, type, user.id if user else user_id, user.username if user else None,
                            client, user_agent[:USER_AGENT_CHARS] if user_agent else None, detail)
-        if type == "login_failed" and event.user_id and client is not None:
-            key = (event.user_id, client)
+        if type in FOLDED and event.user_id and client is not None:
+            key = (type, event.user_id, client)
             fold = self._folds.get(key)
             if fold is not None and now - fold.started < self._fold_seconds:
                 fold.count += 1
@@ -94,7 +96,7 @@ class Auditor:
             event.detail["count"] = 1
         self._pending.append(event)
 
-    def _close(self, key: tuple[str, str]) -> None:
+    def _close(self, key: tuple[str, str, str]) -> None:
         fold = self._folds.pop(key)
         if fold.count:
             first = fold.first

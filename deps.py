@@ -140,7 +140,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 TrustDep = Annotated[Trust, Depends(get_trust)]
 AuditDep = Annotated[Auditor, Depends(get_audit)]
-UserAgent = Annotated[str | None, Depends(user_agent)]
 ClientAddress = Annotated[str, Depends(client_address)]
 
 

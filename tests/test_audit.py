@@ -50,6 +50,19 @@ async def test_a_flood_of_failed_logins_is_folded(tmp_path: Path) -> None:
     assert {e.username for e in failed} == {"marko"}
 
 
+async def test_the_refusals_of_a_flood_are_folded_too(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, login_max_failures=2, login_max_failures_per_account=0)
+    async for client in running(settings):
+        await client.register("marko")
+        for _ in range(30):
+            await client.login("marko", "wrong-password")
+    events = await all_events(settings)
+    failed = [e for e in events if e.type == "login_failed"]
+    locked = [e for e in events if e.type == "locked"]
+    assert sum(e.detail["count"] for e in failed) == 2 and len(failed) <= 2
+    assert sum(e.detail["count"] for e in locked) == 28 and len(locked) <= 2
+
+
 async def test_folded_failures_are_visible_once_their_minute_is_over(tmp_path: Path) -> None:
     """The first failure of a pair is written at once; the rest when the fold closes (at the latest at a stop)."""
     async for client in running(make_settings(tmp_path)):
