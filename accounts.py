@@ -178,7 +178,8 @@ async def login(username: str, password: str, caller: Caller, proof: Proof, stor
     if user is None or not verified:
         note("login_failed", trusted_device=attempt.device is not None)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN)
-    if user.disabled:
+    if user.disabled:  # the right password: not a guess, so it does not count toward a lockout
+        await store.give_back(attempt)
         note("login_failed", reason="disabled")
         raise HTTPException(status.HTTP_403_FORBIDDEN, ACCOUNT_DISABLED)
     if rehash:  # BCRYPT_ROUNDS changed, or a hash of the un-normalised password: one cost, one form
