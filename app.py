@@ -10,26 +10,28 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from copy import copy
+from copy import deepcopy
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.routing import APIRoute, request_response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import fastpath
 import logs
 import metrics
 from admission import EarlyRetries
 from audit import Auditor
 from authentication import AuthHandler
 from deps import COMMON_ERRORS, MAX_BODY_BYTES, client_address
+from models import Message as MessageOut
 from ratelimit import Budget, RateLimiter
 from routers import admin, anonymous, personal, security, shop, users
 from security_headers import SecurityHeaders, build_headers
@@ -75,6 +77,7 @@ def _limiter(store: Store, settings: Settings) -> RateLimiter:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    fastpath.apply(app)  # every route included by now, whoever included it; before the first request
     settings: Settings = app.state.settings
     metrics.forget_dead_workers()
     if not metrics.MULTIPROC_DIR and multiprocessing.parent_process() is not None:
@@ -177,28 +180,33 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+BODY_TOO_LARGE = {"description": f"Request body over {MAX_BODY_BYTES // 1024} KiB",
+                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Message"}}}}
+
+
+def declare_body_limit(app: FastAPI) -> None:
+    """OpenAPI declares ``BodyLimit``'s 413 on every operation whose method takes a body (all but
+    GET, HEAD and OPTIONS): the middleware answers before any route, so no route says it itself."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # FastAPI's, cached in app.openapi_schema: completed in place
+            schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+                "Message", MessageOut.model_json_schema())
+            for operations in schema["paths"].values():
+                for method, operation in operations.items():
+                    if method not in ("get", "head", "options"):
+                        operation["responses"].setdefault("413", deepcopy(BODY_TOO_LARGE))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 async def _error(send: Send, code: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": code,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-def include_flat(app: FastAPI, router: APIRouter) -> None:
-    """``app.include_router(router)``, but with the routes added to the app itself.
-
-    Since FastAPI 0.137 an included router stays a node of its own, and every request to one of
-    its routes is matched twice (~20 us here, a sixth of a ``/users/me``). Our routers set their
-    prefix and tags on the ``APIRouter`` and take no include-time options, so each route joins
-    the app's list as a copy that answers to this app's ``dependency_overrides`` (the routers
-    are shared by every app the tests create); this runs before the app serves, when FastAPI
-    has not yet cached its route table.
-    """
-    for route in router.routes:
-        if isinstance(route, APIRoute):
-            route = copy(route)
-            route.dependency_overrides_provider = app
-            route.app = request_response(route.get_route_handler())
-        app.router.routes.append(route)
 
 
 async def validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -342,7 +350,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Routes are tried in order and each miss costs microseconds: hot routes first.
     for router in (users.router, shop.router, personal.router, anonymous.router, security.router, admin.router):
-        include_flat(app, router)
+        app.include_router(router)
+    declare_body_limit(app)
 
     # Swagger UI's files from the SPA build (frontend/vite.config.ts), else a CDN; one fixed page,
     # so its inline start-up script has one hash, which /docs's Content-Security-Policy allows.

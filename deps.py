@@ -2,20 +2,17 @@
 
 A protected route costs one token check (usually a cache hit) and a few dictionary lookups: the
 store answers from memory (JSON: after an 8-byte freshness check; PostgreSQL: from a cache that
-LISTEN/NOTIFY keeps true).
+LISTEN/NOTIFY keeps true). ``fastpath.py`` runs the ``CurrentUser``/``CurrentIdentity`` checks
+first and outside FastAPI's dependency solver; without it they work as ordinary dependencies.
 """
 
 import ipaddress
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
-from functools import wraps
-from inspect import iscoroutinefunction
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, Response, Security, status
-from fastapi.routing import APIRoute, request_response
+from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPBearer
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from admission import Watch
 from audit import USER_AGENT_CHARS, Auditor
@@ -228,73 +225,7 @@ class AnonymousVisitor(_Bearer):
         return claims["sub"] if await store.anonymous_exists(claims["sub"]) else None
 
 
-MAX_BODY_BYTES = 64 * 1024  # app.BodyLimit answers 413 over it
-BODY_TOO_LARGE: dict[str, Any] = {"model": Message, "description": f"Request body over {MAX_BODY_BYTES // 1024} KiB"}
-
-
-class DeclaredRoute(APIRoute):
-    """An ``APIRoute`` whose OpenAPI entry declares the 413 of ``app.BodyLimit`` when its method
-    takes a body (all but GET, HEAD and OPTIONS): that middleware answers before any route."""
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        if set(kwargs.get("methods") or ()) - {"GET", "HEAD", "OPTIONS"}:
-            kwargs["responses"] = {413: BODY_TOO_LARGE, **(kwargs.get("responses") or {})}
-        super().__init__(path, endpoint, **kwargs)
-
-
-class IdentityRoute(DeclaredRoute):
-    """An ``APIRoute`` that runs its ``CurrentUser``/``CurrentIdentity`` checks itself, first,
-    instead of leaving them to FastAPI's dependency solver.
-
-    Why: FastAPI spends ~20 us per request on a dependency node, a tenth of a ``/users/me``
-    (bench/README.md). Handlers still declare ``user: CurrentUser``, and OpenAPI (so Swagger UI's
-    Authorize button) still sees the scheme: both read ``self.dependant``, which stays whole. Only
-    the handler FastAPI runs per request is built from a copy without the checks' nodes, for a
-    plain ``async def`` endpoint. Anything else (a generator, sync or callable endpoint, a check
-    inside another dependency, an ``include_router`` copy) keeps FastAPI's own handling, where a
-    check finds the caller that ``handle()`` already put in the scope; so does an app whose
-    ``dependency_overrides`` replace a check.
-    """
-
-    _checks: tuple[BearerIdentity, ...] = ()
-    _solved_app: ASGIApp | None = None
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        whole = self.dependant
-        checks = [d for d in whole.dependencies if isinstance(d.call, BearerIdentity)]
-        self._checks = tuple({id(d.call): d.call for d in checks}.values())  # type: ignore[misc]
-        endpoint = whole.call
-        if not checks or not iscoroutinefunction(endpoint):
-            return super().get_route_handler()
-        named = [d.name for d in checks if d.name]
-        request_name = whole.request_param_name or "_identity_request"
-        keep_request = whole.request_param_name is not None
-
-        @wraps(endpoint)  # FastAPI's error messages and telemetry name the endpoint, not this
-        async def call(**values: Any) -> Any:
-            request: Request = values[request_name] if keep_request else values.pop(request_name)
-            for name in named:
-                values[name] = request.scope.get(IDENTITY_KEY)  # handle() has run every check
-            return await endpoint(**values)
-
-        self.dependant = replace(whole, call=call, request_param_name=request_name,
-                                 dependencies=[d for d in whole.dependencies if d not in checks])
-        try:  # synchronous: nothing else sees the copy
-            return super().get_route_handler()
-        finally:
-            self.dependant = whole
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._checks or scope["method"] not in self.methods:
-            return await super().handle(scope, receive, send)
-        overrides = getattr(self.dependency_overrides_provider, "dependency_overrides", None)
-        if overrides and any(c in overrides for c in self._checks):
-            if self._solved_app is None:
-                self._solved_app = request_response(APIRoute.get_route_handler(self))
-            return await self._solved_app(scope, receive, send)
-        for check in self._checks:  # 401/403 before the body or parameters are read
-            await check.identify(scope)
-        await super().handle(scope, receive, send)
+MAX_BODY_BYTES = 64 * 1024  # app.BodyLimit answers 413 over it (and app.declare_body_limit says so in OpenAPI)
 
 
 CurrentIdentity = Annotated[Identity, Security(BearerIdentity(registered_only=False))]

@@ -438,7 +438,12 @@ def write_json(out_dir: Path, raw: dict[str, Any], rows: list[Row]) -> Path:
     return path
 
 
+KEPT = "\n## Kept across runs\n"  # RESULTS.md from this heading on: one-off measurements (ab.py), not rewritten
+
+
 def write_markdown(out_dir: Path, raw: dict[str, Any], rows: list[Row], chart_name: str | None) -> Path:
     path = out_dir / "RESULTS.md"
-    path.write_text(render_markdown(raw, rows, chart_name))
+    old = path.read_text() if path.is_file() else ""
+    kept = old[old.index(KEPT):] if KEPT in old else ""
+    path.write_text(render_markdown(raw, rows, chart_name).rstrip("\n") + "\n" + kept)
     return path

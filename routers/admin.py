@@ -19,7 +19,6 @@ from deps import (
     AdminUser,
     AuditDep,
     ClientAddress,
-    IdentityRoute,
     StoreDep,
     TrustDep,
     user_agent,
@@ -29,7 +28,7 @@ from models import normalize_username as normalize
 from routers.security import PageLimit, audit_page
 from store import User, public_profile
 
-router = APIRouter(prefix="/admin", tags=["admin"], route_class=IdentityRoute, responses=COMMON_ERRORS)
+router = APIRouter(prefix="/admin", tags=["admin"], responses=COMMON_ERRORS)
 
 UserId = Annotated[str, Path(min_length=1, max_length=64, description="the account's `id`")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Message, "description": "No account with this id"}}

@@ -8,7 +8,6 @@ from deps import (
     UNAVAILABLE,
     AuthDep,
     ClientAddress,
-    DeclaredRoute,
     SettingsDep,
     StoreDep,
     TrustDep,
@@ -18,7 +17,7 @@ from deps import (
 from models import AnonymousTokenOut, Challenge, ChallengeSolution, Refusal
 from store import ChallengeRequired, RateLimited
 
-router = APIRouter(tags=["anonymous"], route_class=DeclaredRoute, responses=COMMON_ERRORS)
+router = APIRouter(tags=["anonymous"], responses=COMMON_ERRORS)
 
 
 @router.post("/anonymous-login", response_model=AnonymousTokenOut, responses={

@@ -15,7 +15,6 @@ from deps import (
     REGISTERED_ERRORS,
     CurrentIdentity,
     CurrentUser,
-    IdentityRoute,
     StoreDep,
     unauthorized,
 )
@@ -23,7 +22,7 @@ from models import DEFAULT_PREFERENCES, DataExport, Favourites, History, Message
 from routers.shop import CATALOGUE, NOT_FOUND
 from store import UnknownOwner
 
-router = APIRouter(tags=["personalisation"], route_class=IdentityRoute, responses=COMMON_ERRORS)
+router = APIRouter(tags=["personalisation"], responses=COMMON_ERRORS)
 
 
 def _history(history: list[tuple[int, float]]) -> list[dict[str, Any]]:

@@ -17,14 +17,13 @@ from deps import (
     AuditDep,
     ClientAddress,
     CurrentUser,
-    IdentityRoute,
     StoreDep,
     user_agent,
 )
 from models import AuditCursor, AuditPage, Message, MySessions
 from store import AuditEvent
 
-router = APIRouter(prefix="/users/me", tags=["security"], route_class=IdentityRoute, responses=COMMON_ERRORS)
+router = APIRouter(prefix="/users/me", tags=["security"], responses=COMMON_ERRORS)
 
 SessionId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 PageLimit = Annotated[int, Query(ge=1, le=100)]

@@ -13,11 +13,11 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from deps import AUTH_ERRORS, COMMON_ERRORS, CurrentIdentity, IdentityRoute, OptionalIdentity, StoreDep, unauthorized
+from deps import AUTH_ERRORS, COMMON_ERRORS, CurrentIdentity, OptionalIdentity, StoreDep, unauthorized
 from models import DEFAULT_PREFERENCES, Cart, Catalogue, Item, Message, Quantity, SortOrder
 from store import Personal, Store, UnknownOwner
 
-router = APIRouter(tags=["shop"], route_class=IdentityRoute, responses=COMMON_ERRORS)
+router = APIRouter(tags=["shop"], responses=COMMON_ERRORS)
 
 CATALOGUE = {item.id: item for item in (
     Item(id=1, name="Espresso beans, 1 kg", price=24.5, category="coffee"),
@@ -111,7 +111,7 @@ async def list_items(identity: OptionalIdentity, request: Request, sort: SortOrd
     caller's recently viewed items and recommendations. No token is needed (a first visit shows
     the catalogue before any visitor is created); an invalid or expired one is still a 401."""
     # The store from the request, not ``StoreDep``: a dependency node costs ~20 us here, a tenth
-    # of this route (bench row 10; deps.IdentityRoute says the same of the identity checks).
+    # of this route (bench row 10; fastpath.py says the same of the identity checks).
     name = "visitor" if identity is None else "anonymous visitor" if identity.anonymous else identity.username
     found = await personalised(identity and identity.id, request.app.state.store, sort)
     body = (f'{{"message":{json.dumps(f"Hello, {name}! Here is the catalogue.", ensure_ascii=False)},'

@@ -15,7 +15,6 @@ import metrics
 from accounts import ACCOUNT_DISABLED, INVALID_LOGIN, Caller, Proof
 from authentication import AuthHandler, TokenError
 from deps import (
-    AUTH_ERRORS,
     COMMON_ERRORS,
     REGISTERED_ERRORS,
     UNAVAILABLE,
@@ -23,7 +22,6 @@ from deps import (
     AuthDep,
     ClientAddress,
     CurrentUser,
-    IdentityRoute,
     LimiterDep,
     OptionalAnonymous,
     SettingsDep,
@@ -53,7 +51,7 @@ from models import (
 )
 from store import User, public_profile
 
-router = APIRouter(prefix="/users", tags=["users"], route_class=IdentityRoute, responses=COMMON_ERRORS)
+router = APIRouter(prefix="/users", tags=["users"], responses=COMMON_ERRORS)
 
 TOO_MANY = {"model": Message, "description": "Over this client address's budget; see Retry-After"}
 BUSY = {"model": Message, "description": "Too many password checks queued, or the database is unavailable "
@@ -171,7 +169,7 @@ async def refresh(body: RefreshRequest, request: Request, client: ClientAddress,
     return _tokens(auth, user, claims["sid"], rotated.jti, rotated.expires_at)
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=AUTH_ERRORS)
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=REGISTERED_ERRORS)
 async def logout(user: CurrentUser, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
                  audit: AuditDep, body: LogoutRequest | None = None) -> Response:
     """End this login session: its access and refresh tokens are refused from now on."""

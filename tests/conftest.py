@@ -20,7 +20,7 @@ import pg_support
 import pytest
 from fastapi import APIRouter
 
-from app import create_app, include_flat
+from app import create_app
 from settings import Settings
 
 SECRET = secrets.token_urlsafe(48)
@@ -211,11 +211,56 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+# The whole shapes of the answers many tests read, pinned here once: a field added to one of them
+# is one edit here, not one per test that happens to compare a whole body.
+
+OWN_FIELDS = {"is_admin", "disabled", "created_at", "last_login_at"}  # what only its owner (and admins) see
+
+
+def assert_account(body: object, username: str, id: str | None = None, own: bool = False) -> None:
+    """An account as the API shows it: ``POST /users/register`` and each entry of ``GET /users/list``;
+    with ``own``, as its owner sees it (``GET /users/me``, the export's ``profile``; ``AccountOut``)."""
+    assert isinstance(body, dict) and set(body) == {"id", "username"} | (OWN_FIELDS if own else set()), body
+    assert body["username"] == username, body
+    assert isinstance(body["id"], str) and body["id"] and body["id"] == (id or body["id"]), body
+    if own:
+        assert isinstance(body["is_admin"], bool) and isinstance(body["disabled"], bool), body
+        assert all(body[k] is None or isinstance(body[k], float) for k in ("created_at", "last_login_at")), body
+
+
+def assert_login_answer(body: object, expires_in: int = 30 * 60) -> None:
+    """``POST /users/login``'s 200: the access and refresh tokens, and the device token."""
+    assert isinstance(body, dict) and set(body) == {"token", "token_type", "expires_in", "refresh_token",
+                                                    "device_token"}, body
+    _assert_tokens(body, expires_in)
+    assert body["device_token"].startswith("dt1."), body
+
+
+def assert_refresh_answer(body: object, expires_in: int = 30 * 60) -> None:
+    """``POST /users/refresh``'s 200: the login's tokens without the device token."""
+    assert isinstance(body, dict) and set(body) == {"token", "token_type", "expires_in", "refresh_token"}, body
+    _assert_tokens(body, expires_in)
+
+
+def _assert_tokens(body: dict, expires_in: int) -> None:
+    assert body["token_type"] == "bearer" and body["expires_in"] == expires_in, body
+    assert body["token"].count(".") == 2 and body["refresh_token"].count(".") == 2, body
+
+
+def assert_export(body: object, username: str) -> None:
+    """``GET /users/me/data``: everything kept about the account, and nothing else."""
+    assert isinstance(body, dict) and set(body) == {"profile", "cart", "history", "favourites", "preferences",
+                                                    "sessions"}, body
+    assert_account(body["profile"], username, own=True)
+    assert set(body["preferences"]) == {"sort", "theme"}, body
+    assert all(set(s) == {"id", "created_at", "expires_at", "current"} for s in body["sessions"]), body
+
+
 async def running(settings: Settings, routers: Iterable[APIRouter] = ()) -> AsyncIterator[Client]:
     """The app on ``settings`` (plus ``routers``, added as app.py adds its own), lifespan and all."""
     app = create_app(settings)
     for router in routers:
-        include_flat(app, router)
+        app.include_router(router)
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), Client(transport=transport, base_url="http://test") as client:
         client.app = app

@@ -1,18 +1,23 @@
-"""IdentityRoute with route shapes the service itself does not use, but a copier's routes will:
-each must behave as FastAPI would with the plain dependency, and check the token once."""
+"""fastpath.py with route shapes the service itself does not use, but a copier's routes will
+(plain ``APIRouter``s, included after ``create_app`` as a user's own would be): each must behave
+as FastAPI would with the plain dependency, check the token once, and before the body."""
 
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import httpx
 import pytest
 from fastapi import APIRouter, Depends, Request, Security
+from pydantic import BaseModel
 
+from app import create_app
 from conftest import Client, bearer, running
-from deps import CurrentIdentity, CurrentUser, IdentityRoute
+from deps import CurrentIdentity, CurrentUser
+from settings import Settings
 
 pytestmark = pytest.mark.anyio
 
-router = APIRouter(prefix="/x", route_class=IdentityRoute)
+router = APIRouter(prefix="/x")
 
 
 @router.get("/sync")
@@ -49,7 +54,16 @@ async def stream(user: CurrentUser) -> AsyncIterator[dict[str, str | None]]:
     yield {"username": user.username}
 
 
-gated = APIRouter(route_class=IdentityRoute, dependencies=[Security(CurrentIdentity.__metadata__[0].dependency)])
+class Note(BaseModel):
+    text: str
+
+
+@router.post("/notes", status_code=201)
+async def add_note(note: Note, user: CurrentUser) -> dict[str, str | None]:
+    return {"text": note.text, "username": user.username}
+
+
+gated = APIRouter(dependencies=[Security(CurrentIdentity.__metadata__[0].dependency)])
 
 
 @gated.get("/gated")
@@ -99,3 +113,36 @@ async def test_the_token_is_decoded_once_per_request(client: Client) -> None:
             assert len(calls) == 1, path
     finally:
         del auth.decode_token
+
+
+async def test_a_body_is_read_after_the_check(client: Client) -> None:
+    """A copier's route with a body: no token is a 401 and an anonymous one a 403, even with a
+    body FastAPI could not parse; with the right token the same body is the 422."""
+    token, anonymous = await client.token_for("marko"), await client.anonymous()
+    broken = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
+    assert (await client.post("/x/notes", **broken)).status_code == 401
+    assert (await client.post("/x/notes", content=b"{not json", headers={
+        **broken["headers"], **bearer(anonymous)})).status_code == 403
+    assert (await client.post("/x/notes", content=b"{not json", headers={
+        **broken["headers"], **bearer(token)})).status_code == 422
+    response = await client.post("/x/notes", json={"text": "hi"}, headers=bearer(token))
+    assert response.status_code == 201 and response.json() == {"text": "hi", "username": "marko"}
+
+
+async def test_include_options_survive_and_every_route_is_flat(settings: Settings) -> None:
+    """``include_router``'s own prefix, tags and responses still apply once the app has started,
+    in OpenAPI and on the wire; and no included router is left for FastAPI to match twice."""
+    app = create_app(settings)
+    app.include_router(router, prefix="/v2", tags=["v2"], responses={418: {"description": "teapot"}})
+    before = app.openapi()["paths"]["/v2/x/notes"]["post"]
+    app.openapi_schema = None  # built again below, from the rewritten routes
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), Client(transport=transport, base_url="http://test") as client:
+        assert {type(r).__name__ for r in app.router.routes} == {"Route", "CheckFirstRoute"}  # Route: /openapi.json
+        token = await client.token_for("marko")
+        broken = await client.post("/v2/x/notes", content=b"{", headers={"Content-Type": "application/json"})
+        assert broken.status_code == 401
+        response = await client.post("/v2/x/notes", json={"text": "hi"}, headers=bearer(token))
+        assert response.status_code == 201, response.text
+        after = app.openapi()["paths"]["/v2/x/notes"]["post"]
+    assert after == before and after["tags"] == ["v2"] and {"413", "418", "422"} <= set(after["responses"])

@@ -18,7 +18,7 @@ import bcrypt
 import pg_support
 import pytest
 
-from conftest import Databases, bearer, make_settings, running
+from conftest import Databases, assert_account, bearer, make_settings, running
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +77,8 @@ async def test_a_json_store_imported_twice_gives_the_same_database_and_its_users
             assert (await client.login(name, password)).status_code == 200, name
             assert (await client.login(name, "not-the-password")).status_code == 401, name
         me = await client.get("/users/me", headers=bearer(alice["token"]))  # a token issued by the JSON store
-        assert me.status_code == 200 and (me.json()["id"], me.json()["username"]) == (alice_id, "alice")
+        assert me.status_code == 200
+        assert_account(me.json(), "alice", alice_id, own=True)
         assert me.json()["created_at"] is not None and me.json()["is_admin"] is False  # every attribute copied
         registered = await client.app.state.store.list_audit(100, type="register")  # type: ignore[attr-defined]
         assert "alice" in {e.username for e in registered}  # the JSON store's audit log came along
@@ -88,4 +89,4 @@ async def test_a_json_store_imported_twice_gives_the_same_database_and_its_users
         assert refreshed.status_code == 200, refreshed.text  # the session came along
         listed = await client.get("/users/list", headers=bearer(refreshed.json()["token"]))
         assert sorted(u["username"] for u in listed.json()["users"]) == ["alice", "bob", "carol", "dave"]
-        assert {"id": "book-user-2", "username": "dave"} in listed.json()["users"]
+        assert_account(next(u for u in listed.json()["users"] if u["username"] == "dave"), "dave", "book-user-2")

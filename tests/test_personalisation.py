@@ -11,7 +11,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from conftest import Client, bearer, make_settings, running
+from conftest import Client, assert_export, bearer, make_settings, running
 from settings import Settings
 from store import MAX_HISTORY, JsonStore, Store
 
@@ -204,6 +204,7 @@ async def test_data_export_has_everything_and_no_hash(client: Client) -> None:
     response = await client.get("/users/me/data", headers=auth)
     assert response.status_code == 200
     data = response.json()
+    assert_export(data, "marko")
     me = (await client.get("/users/me", headers=auth)).json()
     assert data["profile"] == me
     assert data["cart"] == [{"item_id": 2, "quantity": 2}]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Client, bearer, make_settings, running
+from conftest import Client, assert_refresh_answer, bearer, make_settings, running
 from store import Attempt
 
 pytestmark = pytest.mark.anyio
@@ -36,6 +36,7 @@ async def _reuse_revokes_the_family(client: Client) -> None:
     victim = await client.session_for("marko")
     stolen = victim["refresh_token"]
     rotated = (await client.post("/users/refresh", json={"refresh_token": stolen})).json()
+    assert_refresh_answer(rotated)
     reuse = await client.post("/users/refresh", json={"refresh_token": stolen})
     assert reuse.status_code == 401
     for token in (victim["token"], rotated["token"]):

@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from conftest import SECRET, Client, bearer
+from conftest import SECRET, Client, assert_account, bearer
 from store import User
 
 pytestmark = pytest.mark.anyio
@@ -146,8 +146,24 @@ async def test_every_route_that_declares_bearer_checks_it_first(client: Client) 
     assert response.status_code == 422
 
 
+async def test_every_403_for_an_anonymous_token_is_declared(client: Client) -> None:
+    """Each operation that refuses a visitor's token says so in OpenAPI (it once did not, for logout)."""
+    spec = (await client.get("/openapi.json")).json()
+    refused = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if operation.get("security") != [{"HTTPBearer": []}] or path in ("/users/register", "/users/login"):
+                continue
+            url = path.replace("{item_id}", "1")
+            response = await client.request(method, url, headers=bearer(await client.anonymous()))
+            if response.status_code == 403:
+                assert "403" in operation["responses"], (method, path)
+                refused.append(f"{method.upper()} {path}")
+    assert {"GET /users/me", "POST /users/logout", "POST /users/logout-all", "GET /users/me/data"} <= set(refused)
+
+
 async def test_dependency_overrides_still_replace_the_check(client: Client) -> None:
-    """Users' own tests often swap ``CurrentUser`` out; IdentityRoute must not get in the way."""
+    """Users' own tests often swap ``CurrentUser`` out; fastpath.py must not get in the way."""
     from deps import BearerIdentity, CurrentUser, Identity
 
     check = next(m for m in CurrentUser.__metadata__ if isinstance(m.dependency, BearerIdentity)).dependency
@@ -157,7 +173,7 @@ async def test_dependency_overrides_still_replace_the_check(client: Client) -> N
     try:
         response = await client.get("/users/me")
         assert response.status_code == 200
-        assert response.json() == {"id": "u-1", "username": "stand-in"}
+        assert_account(response.json(), "stand-in", "u-1", own=True)
     finally:
         app.dependency_overrides.clear()
     assert (await client.get("/users/me")).status_code == 401
