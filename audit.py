@@ -45,12 +45,6 @@ def event_id(at: float) -> str:
     return f"{int(at * 1_000_000):016x}{secrets.token_hex(4)}"
 
 
-def user_agent_of(headers: Any) -> str | None:
-    """The ``User-Agent`` a request sent, truncated to what the log and the sessions list keep."""
-    value = headers.get("user-agent")
-    return value[:USER_AGENT_CHARS] if value else None
-
-
 @dataclass(slots=True)
 class _Fold:
     first: AuditEvent
@@ -73,6 +67,8 @@ class Auditor:
     def record(self, type: str, user: User | None, client: str | None = None, user_agent: str | None = None,
                *, user_id: str | None = None, **detail: Any) -> None:
         """Note an event about ``user`` (or just ``user_id``, once the account is gone)."""
+        if type not in TYPES:
+            raise ValueError(f"not an audit event type: {type!r}")
         if not self._enabled:  # AUDIT_ENABLED=false: the bench's baseline
             return
         now = time.time()
