@@ -14,6 +14,8 @@ proof-of-work challenge (``challenge_required``), which admits them. A failure c
 a password was actually checked: an attempt shed or abandoned before its hash is given back.
 """
 
+import hashlib
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,7 +27,7 @@ from fastapi import HTTPException, status
 from admission import OTHER, SOLVED, TRUSTED, ClientGone, Overloaded, Watch
 from audit import Auditor
 from authentication import AuthHandler
-from deps import Identity, challenge_required, service_unavailable, too_many_requests
+from deps import Identity, challenge_required, second_factor_required, service_unavailable, too_many_requests
 from ratelimit import RateLimiter
 from settings import Settings
 from store import Attempt, ChallengeRequired, Device, Lockout, RateLimited, Store, UnknownOwner, User, UsernameTaken
@@ -41,6 +43,8 @@ BUSY_CHALLENGE = f"Too many logins in progress; {SOLVE}, or try again shortly"
 BAD_SOLUTION = "The challenge solution is invalid, expired or already used; solve a new one (GET /challenge)"
 LOGIN_BUDGET = "Too many login attempts from this address; try again later"
 ACCOUNT_DISABLED = "Account disabled"
+MFA_SECONDS = 300  # an mfa_token's life
+MFA_ATTEMPTS = 5  # wrong codes an mfa_token survives
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +144,9 @@ async def login(username: str, password: str, caller: Caller, proof: Proof, stor
     out for the name, or (``challenge_required``) past the name's limit without a solution; 503
     when the hashing queue is full; 401 for a wrong or unknown name or password (same answer,
     same time); 403 for the right password of a disabled account (decided only after the
-    password: a guess learns nothing). Events of an existing account go to ``audit``."""
+    password: a guess learns nothing); 403 ``Second factor required`` with an ``mfa_token`` when
+    the password is right and the account has TOTP on (no session yet: factors.login_mfa
+    completes it). Events of an existing account go to ``audit``."""
     def note(type: str, **detail: object) -> None:
         if audit is not None and user is not None:
             audit.record(type, user, caller.client, caller.user_agent, **detail)
@@ -188,8 +194,23 @@ async def login(username: str, password: str, caller: Caller, proof: Proof, stor
                                                                                     priority=priority))
         except (Overloaded, ClientGone):
             pass  # the next login rehashes
-    if attempt.device is not None and proof.device_token:
-        device_token, new_device = proof.device_token, None
+    if user.totp_enabled:  # the password is right, but alone it no longer logs in (factors.py)
+        raise await _second_factor(user, attempt, store)
+    return await start_session(user, attempt, caller, store, auth, trust, proof.device_token, audit=audit)
+
+
+async def start_session(user: User, attempt: Attempt, caller: Caller, store: Store, auth: AuthHandler, trust: Trust,
+                        device_token: str | None = None, gone: str = INVALID_LOGIN,
+                        audit: Auditor | None = None) -> LoggedIn:
+    """The end of every login (a password, a password and a second factor, a passkey): forget
+    the attempt's failures, move the visitor's data in, keep the device token a trusted login
+    came with or issue a new one, and start a session. 401 ``gone`` if the account was deleted
+    meanwhile; 403 ``Account disabled`` for a disabled account (whichever way it proved itself)."""
+    if user.disabled:
+        await store.give_back(attempt)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, ACCOUNT_DISABLED)
+    if attempt.device is not None and device_token:
+        new_device = None
     else:
         device_token, key = trust.issue_device(user.id)
         new_device = Device(key, time.time() + trust.device_seconds)
@@ -199,9 +220,25 @@ async def login(username: str, password: str, caller: Caller, proof: Proof, stor
                                                 merge_from=caller.anonymous, new_device=new_device,
                                                 user_agent=caller.user_agent)
     except UnknownOwner:  # deleted while its password was being checked
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_LOGIN) from None
-    note("login", session_id=session_id, trusted_device=attempt.device is not None, new_device=new_device is not None)
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, gone) from None
+    if audit is not None:
+        audit.record("login", user, caller.client, caller.user_agent, session_id=session_id,
+                     trusted_device=attempt.device is not None, new_device=new_device is not None)
     return LoggedIn(user, session_id, jti, device_token)
+
+
+def mfa_key(mfa_token: str) -> str:
+    """What the store keeps of an ``mfa_token``: a digest (a copy of the store cannot finish a login)."""
+    return hashlib.sha256(mfa_token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+async def _second_factor(user: User, attempt: Attempt, store: Store) -> HTTPException:
+    """The 403 that hands out an ``mfa_token``: single use, ``MFA_SECONDS`` long, ``MFA_ATTEMPTS``
+    codes. The attempt stays counted as a failed login until the second factor completes it, so
+    guessing codes is bounded by the login lockout too."""
+    token = secrets.token_urlsafe(32)
+    await store.add_mfa_token(mfa_key(token), user.id, attempt, MFA_ATTEMPTS, time.time() + MFA_SECONDS)
+    return second_factor_required(token, ["totp", "recovery_code"])
 
 
 async def reauthenticate(identity: Identity, password: str, caller: Caller, store: Store, auth: AuthHandler,

@@ -31,9 +31,10 @@ from admission import EarlyRetries
 from audit import Auditor
 from authentication import AuthHandler
 from deps import COMMON_ERRORS, MAX_BODY_BYTES, client_address
+from factors import Factors
 from models import Message as MessageOut
 from ratelimit import Budget, RateLimiter
-from routers import admin, anonymous, personal, security, shop, users
+from routers import admin, anonymous, factors, personal, security, shop, users
 from security_headers import SecurityHeaders, build_headers
 from settings import Settings
 from store import Store, StoreError, StoreUnavailable, build_store
@@ -47,7 +48,8 @@ SHARE_COUNTS_SECONDS = 1.0
 AUDIT_FLUSH_SECONDS = 1.0  # audit events are written at most this often per worker (audit.py: the loss window)
 VIEW_FLUSH_SECONDS = 1.0  # views are written at most this often per worker (store/json_visitors.py: record_view)
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
-TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login", "/challenge")  # answers never to cache
+TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login", "/challenge", "/users/login/mfa",
+               "/users/login/passkey", "/users/login/passkey/options")  # answers never to cache
 
 
 async def _maintain(store: Store, settings: Settings) -> None:
@@ -97,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.store, app.state.auth, app.state.limiter = store, auth, limiter
     app.state.trust = Trust(secret, settings.device_token_days, settings.challenge_expire_seconds,
                             settings.challenge_max_number)
+    app.state.factors = Factors.from_settings(secret, settings)
     app.state.early_retries = EarlyRetries(settings.early_retry_delay_seconds)
     app.state.audit = auditor = Auditor(store, enabled=settings.audit_enabled)
     await _maintain(store, settings)
@@ -231,6 +234,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
     that came back too early is answered no sooner than that (``admission.EarlyRetries``)."""
     assert isinstance(exc, StarletteHTTPException)  # FastAPI raises Starlette's for this one
     await _pace_refusal(request, exc.status_code, exc.detail, exc.headers)
+    extra = getattr(exc, "extra", None)  # deps.second_factor_required: what the client needs next
+    if extra:
+        return JSONResponse({"detail": exc.detail, **extra}, exc.status_code, headers=exc.headers)
     if getattr(exc, "challenge_required", False) or exc.status_code >= 500:
         body: dict[str, object] = {"detail": exc.detail}
         if getattr(exc, "challenge_required", False):  # a solved challenge would have got it in
@@ -349,7 +355,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               "see Retry-After"}})
 
     # Routes are tried in order and each miss costs microseconds: hot routes first.
-    for router in (users.router, shop.router, personal.router, anonymous.router, security.router, admin.router):
+    for router in (users.router, shop.router, personal.router, anonymous.router, factors.router, security.router,
+                   admin.router):
         app.include_router(router)
     declare_body_limit(app)
 

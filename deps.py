@@ -8,7 +8,7 @@ first and outside FastAPI's dependency solver; without it they work as ordinary 
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPBearer
@@ -22,6 +22,9 @@ from ratelimit import RateLimiter
 from settings import Settings
 from store import Store, User
 from trust import Trust
+
+if TYPE_CHECKING:
+    from factors import Factors  # it imports this module
 
 BEARER_DESCRIPTION = "`token` from `POST /users/login`, or `access_token` from `POST /anonymous-login`."
 
@@ -68,6 +71,17 @@ class ChallengeNeeded(HTTPException):
 
 def challenge_required(status_code: int, detail: str, retry_after: int) -> HTTPException:
     return ChallengeNeeded(status_code, detail, headers={"Retry-After": str(retry_after)})
+
+
+SECOND_FACTOR = "Second factor required"
+
+
+def second_factor_required(mfa_token: str, methods: list[str]) -> HTTPException:
+    """The 403 of a password login with a second factor on: the password was right, and
+    ``POST /users/login/mfa`` completes it with ``mfa_token`` (app.http_error adds ``extra``)."""
+    exc = HTTPException(status.HTTP_403_FORBIDDEN, SECOND_FACTOR)
+    exc.extra = {"mfa_token": mfa_token, "methods": methods}  # type: ignore[attr-defined]
+    return exc
 
 
 UNPARSEABLE_CLIENT = "unparseable"  # the one bucket of every client address that is not an IP address
@@ -129,6 +143,10 @@ def user_agent(request: Request) -> str | None:
     """The caller's ``User-Agent``, truncated (audit.USER_AGENT_CHARS): for the audit log and the sessions list."""
     value = request.headers.get("user-agent")
     return value[:USER_AGENT_CHARS] if value else None
+
+
+async def get_factors(request: Request) -> "Factors":
+    return request.app.state.factors
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

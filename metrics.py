@@ -89,6 +89,8 @@ def refusal_outcome(exc: BaseException) -> str:
     code = getattr(exc, "status_code", 500)
     if code == 401:
         return "bad_credentials"
+    if code == 403:  # the password was right; a second factor completes the login (POST /users/login/mfa)
+        return "second_factor_required"
     if code == 409:
         return "taken"
     if code == 429:  # deps.too_many_requests says which

@@ -14,11 +14,11 @@ import base64
 import binascii
 import re
 import unicodedata
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from confusable_homoglyphs import categories
 from precis_i18n import get_profile
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from usernames import (
@@ -318,6 +318,80 @@ class SessionInfo(BaseModel):
     current: bool
 
 
+# -- passkeys and the TOTP second factor (factors.py, routers/factors.py) ------------------------
+
+Credential = Annotated[dict[str, Any], Field(description="what `navigator.credentials.create()` / `.get()` "
+                                            "answered, as JSON (WebAuthn Level 3 `toJSON()`, or "
+                                            "@simplewebauthn/browser's `startRegistration` / `startAuthentication`)")]
+Code = Annotated[Text, Field(min_length=1, max_length=64, examples=["123456"])]
+
+
+class PasskeyRegistration(Strict):
+    credential: Credential
+    name: Text | None = Field(None, min_length=1, max_length=64, description="shown in the list; default "
+                              "\"Passkey\"", examples=["My laptop"])
+
+
+class PasskeyLogin(Strict):
+    credential: Credential
+
+
+class PasskeyOut(BaseModel):
+    id: str
+    name: str
+    created_at: float
+
+
+class PasskeyInfo(PasskeyOut):
+    last_used_at: float | None = Field(description="epoch seconds of its last login; null: never used")
+
+
+class PasskeyList(BaseModel):
+    passkeys: list[PasskeyInfo]
+
+
+class TotpSetupRequest(Strict):
+    password: LoginPassword = Field(examples=["marko123"])
+
+
+class TotpSetup(BaseModel):
+    secret: str = Field(description="base32, for an authenticator app that cannot scan the QR code")
+    otpauth_uri: str = Field(description="`otpauth://totp/...`: what the QR code holds")
+
+
+class TotpConfirm(Strict):
+    code: Code
+
+
+class TotpDisable(Strict):
+    password: LoginPassword = Field(examples=["marko123"])
+    code: Code = Field(description="a current code of the authenticator app, or an unused recovery code")
+
+
+class RecoveryCodes(BaseModel):
+    recovery_codes: list[str] = Field(description="each works once in place of a code; shown this once only")
+
+
+class MfaLogin(Strict):
+    """The second step of a password login with TOTP on: one of ``code`` or ``recovery_code``."""
+
+    mfa_token: Text = Field(min_length=1, max_length=256)
+    code: Code | None = None
+    recovery_code: Code | None = None
+
+    @model_validator(mode="after")
+    def _one_code(self) -> "MfaLogin":
+        if (self.code is None) == (self.recovery_code is None):
+            raise ValueError("send exactly one of `code` and `recovery_code`")
+        return self
+
+
+class SecondFactorRequired(BaseModel):
+    detail: Literal["Second factor required"]
+    mfa_token: str = Field(description="for `POST /users/login/mfa`, within 5 minutes, once")
+    methods: list[Literal["totp", "recovery_code"]]
+
+
 class DataExport(BaseModel):
     profile: AccountOut
     cart: list[CartLine]
@@ -325,3 +399,5 @@ class DataExport(BaseModel):
     favourites: list[int]
     preferences: Preferences
     sessions: list[SessionInfo]
+    totp_enabled: bool = Field(description="a TOTP second factor is on (its secret and recovery codes are never shown)")
+    passkeys: list[PasskeyInfo]

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
                                              "before its Retry-After waits this long at most; 0: at once")
     refresh_reuse_grace_seconds: float = Field(10, ge=0, description="a just-rotated refresh token still works; 0: off")
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://127.0.0.1:5173"]
+    webauthn_rp_id: str = Field("localhost", min_length=1, description="the passkeys' relying party: the site's "
+                                "domain (no scheme or port); a passkey works only on it and its subdomains")
+    webauthn_rp_name: str = Field("FARM auth", min_length=1, description="the service's name as authenticators and "
+                                  "TOTP apps show it")
+    webauthn_origins: Annotated[list[str], NoDecode] = ["http://localhost:8000", "http://localhost:5173"]
     hsts_seconds: int | None = Field(None, ge=0, description="Strict-Transport-Security max-age; unset: no header")
     frontend_dir: Path = Path(__file__).parent / "frontend" / "dist"
     database_url: SecretStr | None = Field(None, description="postgresql://user:password@host/db; unset: USERS_FILE")
@@ -60,7 +65,7 @@ class Settings(BaseSettings):
                                         "(hourly); the JSON store drops whole days")
     audit_enabled: bool = Field(True, description="false: nothing is recorded (the bench's baseline only)")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "webauthn_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -193,6 +193,20 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
             Stat.of(_ratios([_p99(s) for s in abuse["trusted_flood_ms"]], [_p99(s) for s in abuse["trusted_idle_ms"]])),
             check=("<=", 2.0), note=f"{abuse['trusted_refused']} of its logins refused" if abuse["trusted_refused"] else "",
         ))
+    if abuse.get("passkey_idle_ms"):
+        rows.append(Row(
+            "passkey_over_password", "11c", "passkey logins/s ÷ password logins/s, one client",
+            "one login at a time, cost 12", "≥ 5 (no bcrypt)",
+            Stat.of(_ratios([statistics.median(s) for s in abuse["password_idle_ms"]],
+                            [statistics.median(s) for s in abuse["passkey_idle_ms"]])),
+            check=(">=", 5.0),
+        ))
+        rows.append(Row(
+            "passkey_flood_login_p99", "11d", "passkey login p99 during a login flood ÷ idle",
+            "8 connections, 2 abandoning, cost 12", "≤ 2, none refused",
+            Stat.of(_ratios([_p99(s) for s in abuse["passkey_flood_ms"]], [_p99(s) for s in abuse["passkey_idle_ms"]])),
+            check=("<=", 2.0), note=f"{abuse['passkey_refused']} of its logins refused" if abuse["passkey_refused"] else "",
+        ))
     rows.append(Row(
         "list_health_p99", "12", "GET /health p99 while 4 clients page /users/list ÷ idle", _users(big), "≤ 3",
         Stat.of(_ratios([r["p99_ms"] for r in abuse["list_busy"]], [r["p99_ms"] for r in abuse["list_idle"]])),

@@ -39,6 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' software authenticator
 from data import PASSWORD, STORM_USER, StoreFactory, username_of
 from load import Loader, LoadResult, RequestSpec
 from servers import (
@@ -59,6 +61,8 @@ from servers import (
     start_peer_on,
     stop_all,
 )
+
+from webauthn_support import SoftAuthenticator
 
 T0 = time.monotonic()
 
@@ -533,6 +537,7 @@ class Bench:
                 for code, n in answers.items():
                     out["flood_answers"][str(code)] = out["flood_answers"].get(str(code), 0) + n
             self.trusted_flood(srv, out)
+            self.passkey_flood(srv, out)
         say(f"  real-user login p99 idle {[f'{_p99(s):.0f}' for s in out['login_idle_ms']]} ms, during the flood "
             f"{[f'{_p99(s):.0f}' for s in out['login_flood_ms']]} ms ({out.get('login_flood_refused', 0)} refused); "
             f"flood answers {out['flood_answers']}")
@@ -577,6 +582,41 @@ class Bench:
         say(f"  trusted login p99 idle {[f'{_p99(s):.0f}' for s in out['trusted_idle_ms']]} ms, during a flood "
             f"from 51 addresses {[f'{_p99(s):.0f}' for s in out['trusted_flood_ms']]} ms "
             f"({out['trusted_refused']} refused)")
+
+    def passkey_flood(self, srv: Server, out: dict[str, Any]) -> None:
+        """Rows 11c and 11d: the same user signing in with a passkey (a software authenticator, as
+        in the tests: P-256, ``none`` attestation), idle against a password login (no bcrypt: the
+        ratio is the hash it skips), and during row 11's flood against idle."""
+        cfg = self.cfg
+        token = login_ours(srv.port, STORM_USER)
+        key = SoftAuthenticator()
+        auth = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        status, body = http_request(srv.port, "POST", "/users/me/passkeys/options", b"", auth)
+        assert status == 200, body
+        status, body = http_request(srv.port, "POST", "/users/me/passkeys",
+                                    json.dumps({"credential": key.create(json.loads(body))}).encode(), auth)
+        assert status == 201, body
+
+        def passkey_login() -> int:
+            status, options = _json_post(srv.port, "/users/login/passkey/options", {})
+            if status != 200:
+                return status
+            return _json_post(srv.port, "/users/login/passkey", {"credential": key.get(options)})[0]
+
+        out.update(passkey_idle_ms=[], passkey_flood_ms=[], password_idle_ms=[], passkey_refused=0)
+        for _ in range(cfg.reps):
+            out["password_idle_ms"].append(timed_ms(lambda: login_ours(srv.port, STORM_USER), cfg.login_samples))
+            out["passkey_idle_ms"].append(timed_ms(passkey_login, cfg.login_samples))
+            stop = threading.Event()
+            answers: Counter[int] = Counter()
+            flood = [threading.Thread(target=_flood, args=(srv.port, stop, answers, i < 2)) for i in range(8)]
+            samples, refused = _logins_during(cfg, flood, stop, passkey_login)
+            out["passkey_refused"] += refused
+            out["passkey_flood_ms"].append(samples)
+        say(f"  passkey login median {[f'{statistics.median(s):.1f}' for s in out['passkey_idle_ms']]} ms "
+            f"(password {[f'{statistics.median(s):.0f}' for s in out['password_idle_ms']]} ms); p99 idle "
+            f"{[f'{_p99(s):.0f}' for s in out['passkey_idle_ms']]} ms, during the flood "
+            f"{[f'{_p99(s):.0f}' for s in out['passkey_flood_ms']]} ms ({out['passkey_refused']} refused)")
 
     def register(self) -> dict[str, Any]:
         """32 clients registering new users, small store vs large, interleaved; fresh stores every repetition."""

@@ -89,8 +89,8 @@ async def patch_preferences(body: PreferencesPatch, identity: CurrentIdentity, s
 
 @router.get("/users/me/data", response_model=DataExport, responses=REGISTERED_ERRORS)
 async def export_data(user: CurrentUser, store: StoreDep) -> dict[str, Any]:
-    """Everything the service keeps about this account (never the password hash), in one
-    document: the data export a user is entitled to. ``DELETE /users/me`` removes all of it."""
+    """Everything the service keeps about this account (never the password hash, a TOTP secret
+    or a recovery code: whether TOTP is on, and the passkeys by name), in one document: the data export a user is entitled to. ``DELETE /users/me`` removes all of it."""
     data = await store.export_user(user.id)
     if data is None:  # deleted since its token was checked
         raise unauthorized("Invalid token")
@@ -100,4 +100,7 @@ async def export_data(user: CurrentUser, store: StoreDep) -> dict[str, Any]:
         "history": _history(data["history"]),
         "preferences": {**DEFAULT_PREFERENCES, **data["preferences"]},
         "sessions": [{**s, "current": s["id"] == user.session_id} for s in data["sessions"]],
+        "totp_enabled": bool(data["profile"].get("totp_enabled")),
+        "passkeys": [{"id": p.id, "name": p.name, "created_at": p.created_at, "last_used_at": p.last_used_at}
+                     for p in await store.list_passkeys(user.id)],
     }

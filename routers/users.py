@@ -42,6 +42,7 @@ from models import (
     PasswordChange,
     RefreshRequest,
     Refusal,
+    SecondFactorRequired,
     TokenOut,
     UserCreate,
     UserList,
@@ -115,13 +116,14 @@ async def register(body: UserCreate, request: Request, client: ClientAddress, st
 
 @router.post("/login", response_model=LoginOut, responses={
     401: {"model": Message, "description": INVALID_LOGIN},
-    403: {"model": Message, "description": f"`{ACCOUNT_DISABLED}`: the right password of an account an "
-          "administrator disabled"},
     429: {"model": Refusal, "description": "Over this address's budget, or too many failed logins for this "
           "username from this address; or, with `challenge_required`, too many from all addresses: send a solved "
           "challenge as `altcha` (a trusted `device_token` is never refused); see Retry-After"},
     503: {"model": Refusal, "description": "Too many password checks queued (with `challenge_required`: a solved "
           "challenge goes first), or the database is unavailable (PostgreSQL backend); see Retry-After"},
+    403: {"model": SecondFactorRequired | Message, "description": "The password is right and the account has TOTP "
+          "on: `POST /users/login/mfa` with this `mfa_token` and a code completes the login; or "
+          f"`{ACCOUNT_DISABLED}`: the right password of an account an administrator disabled"},
 })
 async def login(body: LoginRequest, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
                 trust: TrustDep, limiter: LimiterDep, settings: SettingsDep,

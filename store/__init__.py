@@ -12,9 +12,10 @@ settings. The package, one idea a module:
   merges and limits);
 - ``json_audit`` / ``pg_audit``: the audit log of each backend (a file a day beside the store; a table);
 - ``json_store`` + ``json_visitors``: ``JsonStore``, the default, on ``journal.JournaledTables``
+- ``json_store`` + ``json_visitors`` + ``json_factors`` (passkeys, second factors): ``JsonStore``, the default, on ``journal.JournaledTables``
   (``users.json`` and its journal);
 - ``pg_base`` (pool, caches kept true by ``LISTEN``/``NOTIFY``, transactions), ``pg_store`` +
-  ``pg_visitors`` (the SQL), ``pg_schema`` (Alembic migrations at start-up) and ``pg_tools``
+  ``pg_visitors`` + ``pg_factors`` (the SQL), ``pg_schema`` (Alembic migrations at start-up) and ``pg_tools``
   (the operator's ``python -m store.pg_tools migrate|import-json``): ``PostgresStore``, when
   ``DATABASE_URL`` is set.
 
@@ -28,6 +29,7 @@ from .json_store import JsonStore
 from .protocol import (
     AccountStore,
     AuditStore,
+    FactorStore,
     Lifecycle,
     PersonalStore,
     SessionStore,
@@ -43,6 +45,8 @@ from .records import (
     Device,
     Failures,
     Lockout,
+    MfaTicket,
+    Passkey,
     Personal,
     RateLimited,
     Rotation,
@@ -53,6 +57,7 @@ from .records import (
     User,
     UsernameTaken,
     Visitor,
+    WebAuthnChallenge,
     public_profile,
 )
 from .rules import MAX_FAVOURITES, MAX_HISTORY, client_key
@@ -61,9 +66,10 @@ if TYPE_CHECKING:
     from settings import Settings
 
 __all__ = ["MAX_FAVOURITES", "MAX_HISTORY", "USER_FIELDS", "AccountStore", "Attempt", "AuditEvent", "AuditStore",
-           "ChallengeRequired", "Device", "Failures", "JsonStore", "Lifecycle", "Lockout", "Personal", "PersonalStore", "RateLimited", "Rotation",
-           "SessionStore", "SessionView", "Store", "StoreError", "StoreUnavailable", "ThrottleStore",
-           "UnknownOwner", "User", "UsernameTaken", "Visitor", "VisitorStore", "build_store", "client_key", "public_profile"]
+           "ChallengeRequired", "Device", "FactorStore", "Failures", "JsonStore", "Lifecycle", "Lockout", "MfaTicket",
+           "Passkey", "Personal", "PersonalStore", "RateLimited", "Rotation", "SessionStore", "SessionView", "Store",
+           "StoreError", "StoreUnavailable", "ThrottleStore", "UnknownOwner", "User", "UsernameTaken", "Visitor",
+           "VisitorStore", "WebAuthnChallenge", "build_store", "client_key", "public_profile"]
 
 
 def build_store(settings: "Settings") -> Store:

@@ -25,6 +25,7 @@ from models import normalize_username
 from usernames import lookalike_keys
 
 from .json_audit import JsonAudit
+from .json_factors import EXPIRING, FACTOR_TABLES, JsonFactors
 from .json_visitors import JsonVisitors
 from .records import (
     Attempt,
@@ -49,7 +50,7 @@ from .rules import (
 )
 
 TABLES = ("users", "anonymous", "carts", "sessions", "login_failures", "anonymous_logins", "request_counts",
-          "history", "favourites", "preferences", "upgraded", "devices", "spent")
+          "history", "favourites", "preferences", "upgraded", "devices", "spent", *FACTOR_TABLES)
 
 
 def _legacy_id(doc: dict[str, Any]) -> str:
@@ -59,10 +60,11 @@ def _legacy_id(doc: dict[str, Any]) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + normalize_username(str(doc["username"]))))
 
 
-class JsonStore(JsonVisitors, JsonAudit):
+class JsonStore(JsonFactors, JsonVisitors, JsonAudit):
     def __init__(self, path: Path) -> None:
         self._by_name: dict[str, str] = {}
         self._by_key: dict[str, str] = {}  # look-alike key -> the account holding it
+        self._by_credential: dict[str, str] = {}  # passkey credential id -> passkey id (json_factors)
         self._users: dict[str, User] = {}
         self._sorted_names: SortedList | None = None  # built at the first listing, then kept in step
         self._views: dict[str, dict[int, float]] = {}  # owner -> item -> viewed_at, not yet written
@@ -91,11 +93,13 @@ class JsonStore(JsonVisitors, JsonAudit):
     def _reset_index(self) -> None:
         self._by_name.clear()
         self._by_key.clear()
+        self._by_credential.clear()
         self._users.clear()
         self._sorted_names = None
 
     def _index(self, table: str, key: str, old: Any, new: Any) -> None:
         if table != "users":
+            self._index_factor(table, key, old, new)
             return
         if old is not None and (new is None or new["username"] != old["username"]):
             for k in lookalike_keys(str(old["username"])):
@@ -186,7 +190,7 @@ class JsonStore(JsonVisitors, JsonAudit):
             changes += [("upgraded", k, None) for k, v in self.t["upgraded"].items() if v["user_id"] == user_id]
             self._views.pop(user_id, None)
             changes += [("sessions", sid, None) for sid, s in self.t["sessions"].items() if s["user_id"] == user_id]
-            return True, changes + self._devices_of(user_id)
+            return True, changes + self._devices_of(user_id) + self._factor_rows(user_id)
 
         return await self._transact(tx)
 
@@ -277,7 +281,7 @@ class JsonStore(JsonVisitors, JsonAudit):
             changes += [("request_counts", k, None) for k, v in self.t["request_counts"].items()
                         if v["expires_at"] < now]
             changes += [("upgraded", k, None) for k, v in self.t["upgraded"].items() if now - v["at"] >= UPGRADE_MEMORY]
-            changes += [(table, k, None) for table in ("devices", "spent") for k, v in self.t[table].items()
+            changes += [(table, k, None) for table in ("devices", "spent", *EXPIRING) for k, v in self.t[table].items()
                         if v["expires_at"] < now]
             return None, changes
 

@@ -76,7 +76,8 @@ ALL = "*"  # the NOTIFY payload that drops every cached entry
 # (``s:`` + a key no session has), so a process of the previous release drops nothing for it.
 SENT_AT = "s:@"
 TABLES = ("users", "username_keys", "anonymous", "cart_items", "history", "favourites", "preferences", "sessions",
-          "device_tokens", "spent_challenges",
+          "device_tokens", "spent_challenges", "passkeys", "webauthn_challenges", "mfa_tokens", "totp_steps",
+          "recovery_codes",
           "login_failures", "anonymous_logins", "request_counts", "upgraded", "audit_events")
 
 

@@ -1,6 +1,7 @@
 """``PostgresStore``: accounts, login sessions and the login throttling in SQL, on ``PgBase``'s
 pool and caches (pg_base.py), with ``PgVisitors`` (pg_visitors.py) for visitors and what owners
-keep. Column lists come from the account record (``records.USER_FIELDS``), never spelled out.
+keep, and ``PgFactors`` (pg_factors.py) for passkeys and second factors. Column lists come from
+the account record (``records.USER_FIELDS``), never spelled out.
 """
 
 import time
@@ -15,6 +16,7 @@ from usernames import lookalike_keys
 
 from .pg_audit import PgAudit
 from .pg_base import CACHE_SECONDS, U_COLUMNS, USER_COLUMNS, _locked, _Tx, _user
+from .pg_factors import PgFactors
 from .pg_visitors import PgVisitors
 from .records import Attempt, Device, Lockout, Rotation, SessionView, UnknownOwner, User, UsernameTaken, user_doc
 from .rules import (
@@ -28,7 +30,7 @@ from .rules import (
 )
 
 
-class PostgresStore(PgVisitors, PgAudit):
+class PostgresStore(PgFactors, PgVisitors, PgAudit):
     # -- accounts ---------------------------------------------------------------------------------
 
     async def add_user(self, username: str, password_hash: str, merge_from: str | None = None) -> User:
@@ -324,6 +326,8 @@ class PostgresStore(PgVisitors, PgAudit):
             await t.conn.execute("DELETE FROM upgraded WHERE at <= $1", now - UPGRADE_MEMORY)
             await t.conn.execute("DELETE FROM device_tokens WHERE expires_at < $1", now)
             await t.conn.execute("DELETE FROM spent_challenges WHERE expires_at < $1", now)
+            await t.conn.execute("DELETE FROM webauthn_challenges WHERE expires_at < $1", now)
+            await t.conn.execute("DELETE FROM mfa_tokens WHERE expires_at < $1", now)
 
         await self._transact(tx)
 

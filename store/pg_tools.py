@@ -15,7 +15,9 @@ import asyncpg
 from models import normalize_username
 from usernames import lookalike_keys
 
+from .json_factors import _passkey as _json_passkey
 from .pg_base import ALL, CHANNEL, TABLES, _init_connection, _nul_free, _owner
+from .pg_factors import PASSKEY_COLUMNS
 from .pg_schema import CONNECT_TIMEOUT, migrate, redact
 from .pg_store import PostgresStore
 from .pg_visitors import _put_history
@@ -63,7 +65,8 @@ async def import_json(url: str, path: Path) -> dict[str, int]:
         tables = source.t
         counts = dict.fromkeys(("users", "anonymous", "sessions", "cart_items", "history", "favourites", "preferences",
                                 "login_failures", "anonymous_logins", "request_counts", "upgraded", "device_tokens",
-                                "spent_challenges", "audit_events", "skipped"), 0)
+                                "spent_challenges", "passkeys", "webauthn_challenges", "mfa_tokens", "totp_steps",
+                                "recovery_codes", "audit_events", "skipped"), 0)
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
         await _init_connection(conn)
         try:
@@ -137,6 +140,7 @@ async def _import_tables(conn: asyncpg.Connection, t: dict[str, dict[str, Any]],
             key, str(doc["user_id"]), doc["expires_at"], [float(x) for x in doc.get("at", [])],
             doc.get("created_at", 0.0))
         counts["device_tokens" if status.endswith(" 1") else "skipped"] += 1
+    await _import_factors(conn, t, users, counts)
     for key, doc in t["spent"].items():
         await conn.execute("INSERT INTO spent_challenges (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                            key, doc["expires_at"])
@@ -169,6 +173,58 @@ async def _import_audit(conn: asyncpg.Connection, source: Any, counts: dict[str,
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
         [(e.id, e.at, e.type, e.user_id, e.username, e.client, e.user_agent, e.detail) for e in events])
     counts["audit_events"] = len(events)
+
+
+async def _import_factors(conn: asyncpg.Connection, t: dict[str, dict[str, Any]], users: set[str],
+                          counts: dict[str, int]) -> None:
+    """Passkeys, WebAuthn challenges, logins waiting for a second factor, TOTP steps and recovery
+    codes (store/json_factors.py), of accounts that were imported."""
+    for key, doc in t["passkeys"].items():
+        if doc["user_id"] not in users:
+            counts["skipped"] += 1
+            continue
+        p = _json_passkey(key, doc)
+        await conn.execute(
+            f"INSERT INTO passkeys ({PASSKEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) "
+            "DO UPDATE SET user_id = excluded.user_id, credential_id = excluded.credential_id, "
+            "public_key = excluded.public_key, sign_count = excluded.sign_count, name = excluded.name, "
+            "created_at = excluded.created_at, last_used_at = excluded.last_used_at, transports = excluded.transports",
+            p.id, p.user_id, p.credential_id, p.public_key, p.sign_count, p.name, p.created_at, p.last_used_at,
+            list(p.transports))
+        counts["passkeys"] += 1
+    for key, doc in t["webauthn_challenges"].items():
+        if doc.get("user_id") is not None and doc["user_id"] not in users:
+            counts["skipped"] += 1
+            continue
+        await conn.execute("INSERT INTO webauthn_challenges (challenge, purpose, user_id, expires_at) "
+                           "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", key, doc["purpose"], doc.get("user_id"),
+                           doc["expires_at"])
+        counts["webauthn_challenges"] += 1
+    for key, doc in t["mfa_tokens"].items():
+        if doc["user_id"] not in users:
+            counts["skipped"] += 1
+            continue
+        await conn.execute(
+            "INSERT INTO mfa_tokens (key, user_id, attempts_left, expires_at, at, name_key, device) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO UPDATE SET "
+            "attempts_left = excluded.attempts_left, expires_at = excluded.expires_at",
+            key, doc["user_id"], doc["attempts_left"], doc["expires_at"], doc["at"], doc["name_key"], doc.get("device"))
+        counts["mfa_tokens"] += 1
+    for user_id, doc in t["totp_steps"].items():
+        if user_id not in users:
+            counts["skipped"] += 1
+            continue
+        await conn.execute("INSERT INTO totp_steps (user_id, step) VALUES ($1, $2) ON CONFLICT (user_id) "
+                           "DO UPDATE SET step = greatest(totp_steps.step, excluded.step)", user_id, doc["step"])
+        counts["totp_steps"] += 1
+    for user_id, doc in t["recovery_codes"].items():
+        if user_id not in users:
+            counts["skipped"] += 1
+            continue
+        await conn.execute("DELETE FROM recovery_codes WHERE user_id = $1", user_id)
+        await conn.execute("INSERT INTO recovery_codes (user_id, hash) SELECT $1, unnest($2::text[]) "
+                           "ON CONFLICT DO NOTHING", user_id, list(doc["hashes"]))
+        counts["recovery_codes"] += len(doc["hashes"])
 
 
 async def _import_keys(conn: asyncpg.Connection, docs: dict[str, Any], users: set[str]) -> None:

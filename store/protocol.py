@@ -9,7 +9,20 @@ Times are Unix seconds."""
 
 from typing import Any, Protocol
 
-from .records import Attempt, AuditEvent, Device, Lockout, Personal, Rotation, SessionView, User, Visitor
+from .records import (
+    Attempt,
+    AuditEvent,
+    Device,
+    Lockout,
+    MfaTicket,
+    Passkey,
+    Personal,
+    Rotation,
+    SessionView,
+    User,
+    Visitor,
+    WebAuthnChallenge,
+)
 
 
 class Lifecycle(Protocol):
@@ -135,5 +148,43 @@ class AuditStore(Protocol):
     async def prune_audit(self, before: float) -> int: ...
 
 
-class Store(Lifecycle, AccountStore, SessionStore, ThrottleStore, VisitorStore, PersonalStore, AuditStore, Protocol):
+class FactorStore(Protocol):
+    """What proves an account besides its password (factors.py): passkeys, the WebAuthn challenges
+    handed out for them, the state of a login waiting for its second factor, and the TOTP factor's
+    replay guard and recovery codes (its secret and on/off state are fields of ``User``).
+
+    ``take_webauthn_challenge`` answers a challenge of that ``purpose`` once (it is gone
+    afterwards, whatever the answer; expired: ``None``), on every worker and host. ``add_passkey``
+    is False when the credential is already registered (to any account; ``UnknownOwner`` when the
+    account is gone); it and ``remove_passkey`` (False: no such passkey of that account) end every
+    other session of the account (``keep_session`` stays), as ``end_other_sessions`` does.
+    ``use_passkey`` records a login with the authenticator's counter, compare-and-set: False unless
+    the counter went forward (or both are 0, an authenticator that keeps none). ``try_mfa_token``
+    counts one attempt at a code and answers the ticket, or ``None`` once it is unknown, expired
+    or out of attempts; ``end_mfa_token`` is True once (single use). The ticket's attempt comes
+    back without its ``client`` (no address is kept). ``use_totp_step`` is True only for a time
+    step later than the last one accepted for the account (a code works once, and none older
+    after it). Recovery codes are kept as the caller's digests: ``set_recovery_codes`` replaces
+    them (``[]``: none), ``use_recovery_code`` is True once per code. Deleting the account deletes
+    all of it."""
+
+    async def put_webauthn_challenge(self, challenge: str, purpose: str, user_id: str | None,
+                                     expires_at: float) -> None: ...
+    async def take_webauthn_challenge(self, challenge: str) -> WebAuthnChallenge | None: ...
+    async def add_passkey(self, passkey: Passkey, keep_session: str | None = None) -> bool: ...
+    async def list_passkeys(self, user_id: str) -> list[Passkey]: ...
+    async def find_passkey(self, credential_id: str) -> Passkey | None: ...
+    async def use_passkey(self, passkey_id: str, sign_count: int, at: float) -> bool: ...
+    async def remove_passkey(self, user_id: str, passkey_id: str, keep_session: str | None = None) -> bool: ...
+    async def end_other_sessions(self, user_id: str, keep_session: str | None) -> None: ...
+    async def add_mfa_token(self, key: str, user_id: str, attempt: Attempt, attempts: int, expires_at: float) -> None: ...
+    async def try_mfa_token(self, key: str) -> MfaTicket | None: ...
+    async def end_mfa_token(self, key: str) -> bool: ...
+    async def use_totp_step(self, user_id: str, step: int) -> bool: ...
+    async def set_recovery_codes(self, user_id: str, hashes: list[str]) -> None: ...
+    async def use_recovery_code(self, user_id: str, code_hash: str) -> bool: ...
+
+
+class Store(Lifecycle, AccountStore, SessionStore, ThrottleStore, VisitorStore, PersonalStore, FactorStore, AuditStore,
+            Protocol):
     """What routes and dependencies use; ``build_store`` picks the backend."""

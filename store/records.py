@@ -16,8 +16,9 @@ from typing import Any
 from journal import StoreError
 
 __all__ = ["SECRET", "USER_FIELDS", "Attempt", "AuditEvent", "ChallengeRequired", "Device", "Failures", "Lockout",
-           "Personal", "RateLimited", "Rotation", "SessionView", "StoreError", "StoreUnavailable", "UnknownOwner", "User", "UsernameTaken",
-           "Visitor", "public_profile", "user_doc", "user_from_doc"]
+           "MfaTicket", "Passkey", "Personal", "RateLimited", "Rotation", "SessionView", "StoreError", "StoreUnavailable",
+           "UnknownOwner", "User", "UsernameTaken", "Visitor", "WebAuthnChallenge", "public_profile", "user_doc",
+           "user_from_doc"]
 
 SECRET = {"secret": True}  # field metadata: never in an answer, the export or a log
 
@@ -52,6 +53,8 @@ class User:
     disabled: bool = False  # by an administrator: no login (403), every token refused
     created_at: float | None = None  # registration; None for an account made before this field
     last_login_at: float | None = None  # the last login that started a session (complete_login)
+    totp_enabled: bool = False  # a TOTP second factor is on (factors.py): a password alone no longer logs in
+    totp_secret: str | None = field(default=None, metadata=SECRET)  # encrypted; set and not enabled: pending
 
 
 USER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(User))
@@ -176,3 +179,42 @@ class AuditEvent:
     client: str | None
     user_agent: str | None
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Passkey:
+    """A WebAuthn credential of an account (factors.py). ``credential_id`` is the authenticator's
+    id (base64url), unique over all accounts; ``public_key`` its COSE key; ``sign_count`` the
+    authenticator's counter as last seen (a clone's counter falls behind it)."""
+
+    id: str
+    user_id: str
+    credential_id: str
+    public_key: bytes
+    sign_count: int
+    name: str
+    created_at: float
+    last_used_at: float | None = None
+    transports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WebAuthnChallenge:
+    """A challenge handed out with WebAuthn options, kept until used once or expired.
+    ``purpose``: ``register`` (of ``user_id``'s account) or ``login`` (``user_id`` None)."""
+
+    purpose: str
+    user_id: str | None
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MfaTicket:
+    """A password login waiting for its second factor (an ``mfa_token``'s state): the account,
+    the attempt ``begin_login`` counted (taken back when the second factor completes the login),
+    and how many wrong codes it may still take."""
+
+    user_id: str
+    attempt: Attempt
+    attempts_left: int
+    expires_at: float

@@ -27,6 +27,8 @@ ROWS = [
     ("startup_s", "start-up, spawn → /health 200, s"),
     ("flood_login_p99", "real user's login p99 during a login flood ÷ idle"),
     ("trusted_flood_login_p99", "trusted user's login p99 (device token) during a flood ÷ idle"),
+    ("passkey_over_password", "passkey logins/s ÷ password logins/s, one client"),
+    ("passkey_flood_login_p99", "passkey login p99 during a login flood ÷ idle"),
     ("list_health_p99", "GET /health p99 while 4 clients page /users/list ÷ idle"),
     ("login_latency_ms", "POST login latency, one client, median ms"),
     ("anonymous_login_rps", "POST /anonymous-login req/s"),

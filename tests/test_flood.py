@@ -227,7 +227,9 @@ def test_a_distributed_flood_never_refuses_a_trusted_user(tmp_path: Path) -> Non
         logins: list[tuple[int, float]] = []
         try:
             time.sleep(1.5)  # the flood is in full swing
-            with client_from(server, "127.0.0.1", timeout=MAX_WAIT + 1) as owner:
+            # no time limit beyond the client's: that a trusted login is never refused is the rule
+            # here; how fast it is during a flood is bench row 11b's (a loaded machine varies)
+            with client_from(server, "127.0.0.1", timeout=30) as owner:
                 deadline = time.monotonic() + 9
                 while time.monotonic() < deadline:
                     started = time.monotonic()

@@ -3,7 +3,9 @@
 Each ``$ http …`` line of a console block runs in a pseudo-terminal (HTTPie behaves as in a
 terminal: it ignores stdin and prints the status line and headers); the answer must match the
 status line and the JSON shown under it. The only changes: the server's port, and the tokens a
-reader pastes where the README says ``<token>``, ``<refresh token>`` or ``<anonymous token>``.
+reader pastes where the README says ``<token>``, ``<refresh token>``, ``<anonymous token>``,
+``<mfa token>`` or ``<secret>``. A ``$ python -c …`` line (the TOTP walkthrough's authenticator
+app) runs too, with the venv's Python, and its output is what the reader pastes as ``<code>``.
 """
 
 import json
@@ -18,7 +20,8 @@ from pathlib import Path
 from server import ROOT, Server
 
 HTTP = Path(sys.executable).parent / "http"
-VARYING = {"device_token", "id", "token", "refresh_token", "access_token", "viewed_at"}
+VARYING = {"device_token", "id", "token", "refresh_token", "access_token", "viewed_at", "secret", "otpauth_uri",
+           "mfa_token", "recovery_codes"}
 ANSI = re.compile(rb"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -28,6 +31,9 @@ def sessions(readme: str) -> list[tuple[str, str, object]]:
     for block in re.findall(r"```console\n(.*?)```", readme, re.DOTALL):
         for chunk in re.split(r"^\$ ", block, flags=re.MULTILINE)[1:]:
             command, _, answer = chunk.partition("\n")
+            if command.startswith("python "):
+                steps.append((command, "", None))
+                continue
             if not command.startswith("http "):
                 continue
             status = answer.splitlines()[0]
@@ -73,6 +79,11 @@ def test_readme_httpie_sessions(tmp_path: Path) -> None:
             for placeholder, value in pasted.items():
                 command = command.replace(placeholder, value)
             assert "<" not in command, f"nothing to paste for {command}"
+            if command.startswith("python "):
+                done = subprocess.run([sys.executable, *shlex.split(command)[1:]], capture_output=True, text=True,
+                                      cwd=ROOT, timeout=30, check=True)
+                pasted["<code>"] = done.stdout.strip()
+                continue
             argv = shlex.split(command.replace("127.0.0.1:8000", server.url.removeprefix("http://")))
             output = run_in_terminal([str(HTTP), *argv[1:]])
             assert output.splitlines()[0] == status, (command, output)
@@ -83,3 +94,6 @@ def test_readme_httpie_sessions(tmp_path: Path) -> None:
                 pasted |= {"<token>": actual["token"], "<refresh token>": actual["refresh_token"]}
             if isinstance(actual, dict) and "access_token" in actual:
                 pasted["<anonymous token>"] = actual["access_token"]
+            for key in ("mfa_token", "secret"):  # the TOTP walkthrough
+                if isinstance(actual, dict) and key in actual:
+                    pasted[f"<{key.replace('_', ' ')}>"] = actual[key]

@@ -4,6 +4,7 @@ this file keeps the promises routes and flows rely on."""
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import fields, replace
 
@@ -17,6 +18,7 @@ from store import (
     ChallengeRequired,
     Device,
     Lockout,
+    Passkey,
     RateLimited,
     Store,
     UnknownOwner,
@@ -101,7 +103,9 @@ async def test_the_profile_is_every_attribute_but_the_secret_ones(store: Store) 
     user = await store.add_user("marko", "secret-hash")
     profile = (await store.export_user(user.id))["profile"]  # type: ignore[index]
     assert profile == public_profile(user) and "password" not in profile
-    assert set(profile) == {f.name for f in fields(User)} - {"password"} and set(USER_FIELDS) > set(profile)
+    secret = {f.name for f in fields(User) if f.metadata.get("secret")}
+    assert {"password", "totp_secret"} <= secret and not secret & set(profile)
+    assert set(profile) == {f.name for f in fields(User)} - secret and set(USER_FIELDS) > set(profile)
 
 
 async def test_deleting_an_account_ends_all_it_owns(store: Store) -> None:
@@ -377,3 +381,132 @@ async def test_the_audit_log_is_read_newest_first_by_every_host(store: Store, se
     assert await second.list_audit(10, user_id="nobody") == []
     assert await store.prune_audit(now - 86400) == 1
     assert len(await second.list_audit(10)) == 4
+
+
+# -- passkeys and second factors (FactorStore) ------------------------------------------------------
+
+
+def _passkey(user_id: str, credential_id: str = "cred-1", sign_count: int = 0) -> Passkey:
+    return Passkey(uuid.uuid4().hex, user_id, credential_id, b"\x01\x02public", sign_count, "Laptop", time.time(),
+                   None, ("internal", "hybrid"))
+
+
+async def test_a_webauthn_challenge_is_taken_once_on_any_host(store: Store, second: Store) -> None:
+    user = await store.add_user("marko", "h")
+    await store.put_webauthn_challenge("challenge-1", "register", user.id, time.time() + 60)
+    results = await asyncio.gather(*(s.take_webauthn_challenge("challenge-1") for s in (store, second) * 3))
+    taken = [r for r in results if r is not None]
+    assert len(taken) == 1 and taken[0].purpose == "register" and taken[0].user_id == user.id
+    await store.put_webauthn_challenge("challenge-2", "login", None, time.time() - 1)  # expired
+    assert await second.take_webauthn_challenge("challenge-2") is None
+    assert await store.take_webauthn_challenge("challenge-2") is None
+    assert await store.take_webauthn_challenge("never-handed-out") is None
+
+
+async def test_passkeys_are_unique_and_their_counter_only_goes_forward(store: Store, second: Store) -> None:
+    marko = await store.add_user("marko", "h")
+    ana = await store.add_user("ana", "h")
+    passkey = _passkey(marko.id, sign_count=3)
+    assert await store.add_passkey(passkey) is True
+    assert await second.find_passkey("cred-1") == passkey
+    assert await store.add_passkey(_passkey(ana.id)) is False  # one credential, one account
+    assert await store.list_passkeys(marko.id) == [passkey] and await store.list_passkeys(ana.id) == []
+    with pytest.raises(UnknownOwner):
+        await store.add_passkey(_passkey("no-such-account", "cred-2"))
+
+    assert await store.use_passkey(passkey.id, 3, 100.0) is False  # standing still
+    assert await store.use_passkey(passkey.id, 2, 100.0) is False  # going back
+    wins = await asyncio.gather(*(s.use_passkey(passkey.id, 4, 100.0) for s in (store, second) * 2))
+    assert sum(wins) == 1  # one login per counter value
+    used = await second.find_passkey("cred-1")
+    assert used is not None and used.sign_count == 4 and used.last_used_at == 100.0
+    counterless = _passkey(ana.id, "cred-3")
+    await store.add_passkey(counterless)
+    assert await store.use_passkey(counterless.id, 0, 1.0) and await store.use_passkey(counterless.id, 0, 2.0)
+
+    assert await store.remove_passkey(ana.id, passkey.id) is False  # another account's
+    assert await store.remove_passkey(marko.id, passkey.id) is True
+    assert await second.find_passkey("cred-1") is None and await store.remove_passkey(marko.id, passkey.id) is False
+
+
+async def test_adding_or_removing_a_passkey_ends_the_other_sessions(store: Store, second: Store) -> None:
+    user = await store.add_user("marko", "h")
+
+    async def login() -> str:
+        return await store.complete_login(user, Attempt(time.time(), "k", "10.0.0.1"), uuid.uuid4().hex,
+                                          time.time() + 60)
+
+    mine, other = await login(), await login()
+    assert await second.session_user(other, user.id) is not None  # cached on the other host
+    passkey = _passkey(user.id)
+    await store.add_passkey(passkey, keep_session=mine)
+
+    async def ended() -> bool:
+        return await second.session_user(other, user.id) is None
+
+    await eventually(ended)
+    assert await second.session_user(mine, user.id) is not None
+    third = await login()
+    await store.remove_passkey(user.id, passkey.id, keep_session=mine)
+    assert await store.session_user(third, user.id) is None and await store.session_user(mine, user.id) is not None
+    fourth = await login()
+    await store.end_other_sessions(user.id, mine)
+    assert await store.session_user(fourth, user.id) is None and await store.session_user(mine, user.id) is not None
+
+
+async def test_an_mfa_token_counts_attempts_and_ends_once(store: Store, second: Store) -> None:
+    user = await store.add_user("marko", "h")
+    attempt = Attempt(123.0, "name-key", "10.0.0.1", "device-key")
+    await store.add_mfa_token("mfa-1", user.id, attempt, 2, time.time() + 60)
+    first = await second.try_mfa_token("mfa-1")
+    assert first is not None and first.user_id == user.id and first.attempts_left == 1
+    assert first.attempt == Attempt(123.0, "name-key", "", "device-key")  # no address is kept
+    assert (await store.try_mfa_token("mfa-1")).attempts_left == 0  # type: ignore[union-attr]
+    assert await store.try_mfa_token("mfa-1") is None  # out of attempts
+    assert await store.end_mfa_token("mfa-1") is False
+
+    await store.add_mfa_token("mfa-2", user.id, attempt, 5, time.time() + 60)
+    assert await store.try_mfa_token("mfa-2") is not None
+    ends = await asyncio.gather(*(s.end_mfa_token("mfa-2") for s in (store, second) * 2))
+    assert sum(ends) == 1 and await store.try_mfa_token("mfa-2") is None
+    await store.add_mfa_token("mfa-3", user.id, attempt, 5, time.time() - 1)
+    assert await store.try_mfa_token("mfa-3") is None  # expired
+
+
+async def test_a_totp_step_and_a_recovery_code_work_once(store: Store, second: Store) -> None:
+    user = await store.add_user("marko", "h")
+    wins = await asyncio.gather(*(s.use_totp_step(user.id, 1000) for s in (store, second) * 2))
+    assert sum(wins) == 1
+    assert await store.use_totp_step(user.id, 999) is False and await second.use_totp_step(user.id, 1001) is True
+    assert await store.use_totp_step("no-such-account", 5) is False
+
+    await store.set_recovery_codes(user.id, ["h1", "h2", "h3"])
+    wins = await asyncio.gather(*(s.use_recovery_code(user.id, "h2") for s in (store, second) * 2))
+    assert sum(wins) == 1
+    assert await store.use_recovery_code(user.id, "h9") is False
+    await store.set_recovery_codes(user.id, ["h4"])  # replaces them
+    assert await second.use_recovery_code(user.id, "h1") is False and await second.use_recovery_code(user.id, "h4")
+    await store.set_recovery_codes(user.id, ["h5"])
+    await store.set_recovery_codes(user.id, [])
+    assert await store.use_recovery_code(user.id, "h5") is False
+    with pytest.raises(UnknownOwner):
+        await store.set_recovery_codes("no-such-account", ["h"])
+
+
+async def test_totp_state_is_account_fields_and_goes_with_the_account(store: Store) -> None:
+    user = await store.add_user("marko", "h")
+    assert user.totp_enabled is False and user.totp_secret is None
+    updated = await store.update_user(user.id, totp_secret="sealed", totp_enabled=True)
+    assert updated is not None and updated.totp_enabled and updated.totp_secret == "sealed"
+    profile = (await store.export_user(user.id))["profile"]  # type: ignore[index]
+    assert profile["totp_enabled"] is True and "sealed" not in str(profile)
+    await store.add_passkey(_passkey(user.id))
+    await store.set_recovery_codes(user.id, ["h1"])
+    await store.use_totp_step(user.id, 7)
+    await store.add_mfa_token("mfa", user.id, Attempt(1.0, "k", ""), 5, time.time() + 60)
+    await store.put_webauthn_challenge("c", "register", user.id, time.time() + 60)
+    assert await store.delete_user(user.id)
+    again = await store.add_user("marko", "h")  # a new account gets none of it
+    assert await store.find_passkey("cred-1") is None and await store.list_passkeys(again.id) == []
+    assert await store.try_mfa_token("mfa") is None and await store.take_webauthn_challenge("c") is None
+    assert await store.use_recovery_code(user.id, "h1") is False

@@ -12,7 +12,7 @@ import {
   useState,
   type ReactNode,
 } from "react";
-import { api, ApiError, on, SessionExpiredError, tokens, type User } from "./api";
+import { api, ApiError, on, SecondFactorRequired, SessionExpiredError, tokens, type User } from "./api";
 import { newQueryClient } from "./queries";
 
 const EXPIRED_MESSAGE = "Your session has expired or is invalid, please log in again.";
@@ -28,6 +28,12 @@ interface Auth {
   sessionKey: number;
   register: (username: string, password: string) => Promise<boolean>;
   login: (username: string, password: string) => Promise<boolean>;
+  /** A password login waiting for its second factor (TOTP on), or null. */
+  pendingMfa: { username: string; mfaToken: string } | null;
+  completeMfa: (code: string) => Promise<boolean>;
+  cancelMfa: () => void;
+  /** `autofill`: the passkey picked from the username field's suggestions (conditional UI). */
+  loginWithPasskey: (autofill?: boolean) => Promise<boolean>;
   logout: () => Promise<void>;
   logoutEverywhere: () => Promise<boolean>;
   changePassword: (currentPassword: string, newPassword: string) => Promise<boolean>;
@@ -103,20 +109,79 @@ export function AuthProvider({ children }: { children: ReactNode }) {
     }
   }, []);
 
-  const login = useCallback(async (username: string, password: string) => {
-    try {
-      await api.login(username, password);
-      const me = await api.me();
-      setUser(me);
-      setMessage(`Logged in as ${me.username}`);
-      setSessionKey((key) => key + 1);
-      return true;
-    } catch (error) {
-      tokens.clearSession(); // no half-open session if /users/me failed after the login
-      setMessage(errorText(error));
-      return false;
-    }
+  const [pendingMfa, setPendingMfa] = useState<{ username: string; mfaToken: string } | null>(null);
+
+  /** After any login: who it is, and the page fetched anew as that account. */
+  const loggedIn = useCallback(async () => {
+    const me = await api.me();
+    setUser(me);
+    setMessage(`Logged in as ${me.username}`);
+    setSessionKey((key) => key + 1);
   }, []);
+
+  const login = useCallback(
+    async (username: string, password: string) => {
+      try {
+        await api.login(username, password);
+        await loggedIn();
+        return true;
+      } catch (error) {
+        tokens.clearSession(); // no half-open session if /users/me failed after the login
+        if (error instanceof SecondFactorRequired) {
+          setPendingMfa({ username, mfaToken: error.mfaToken });
+          setMessage("Enter the code from your authenticator app");
+          return true;
+        }
+        setMessage(errorText(error));
+        return false;
+      }
+    },
+    [loggedIn],
+  );
+
+  const completeMfa = useCallback(
+    async (code: string) => {
+      if (!pendingMfa) return false;
+      try {
+        await api.loginMfa(pendingMfa.username, pendingMfa.mfaToken, code);
+        await loggedIn();
+        setPendingMfa(null);
+        return true;
+      } catch (error) {
+        tokens.clearSession();
+        setMessage(errorText(error));
+        if (error instanceof ApiError && /mfa_token/.test(errorText(error))) setPendingMfa(null); // log in again
+        return false;
+      }
+    },
+    [pendingMfa, loggedIn],
+  );
+
+  const cancelMfa = useCallback(() => setPendingMfa(null), []);
+
+  const loginWithPasskey = useCallback(
+    async (autofill = false) => {
+      try {
+        await api.loginWithPasskey(autofill);
+        await loggedIn();
+        return true;
+      } catch (error) {
+        // The user closing the browser's dialog, or the autofill request given up for another:
+        // nothing happened, and another login may be under way (its tokens stay).
+        if (autofill && !(error instanceof ApiError)) {
+          // The background request of conditional UI ended without the user picking a passkey
+          // (the form went away, another request replaced it): nothing to say.
+        } else if (error instanceof Error && ["NotAllowedError", "AbortError"].includes(error.name)) {
+          setMessage("No passkey was used");
+        } else {
+          tokens.clearSession();
+          setMessage(errorText(error));
+        }
+        return false;
+      }
+    },
+    [loggedIn],
+  );
 
   const logout = useCallback(async () => {
     try {
@@ -175,12 +240,31 @@ export function AuthProvider({ children }: { children: ReactNode }) {
       sessionKey,
       register,
       login,
+      pendingMfa,
+      completeMfa,
+      cancelMfa,
+      loginWithPasskey,
       logout,
       logoutEverywhere,
       changePassword,
       deleteAccount,
     }),
-    [user, message, checking, sessionKey, register, login, logout, logoutEverywhere, changePassword, deleteAccount],
+    [
+      user,
+      message,
+      checking,
+      sessionKey,
+      register,
+      login,
+      pendingMfa,
+      completeMfa,
+      cancelMfa,
+      loginWithPasskey,
+      logout,
+      logoutEverywhere,
+      changePassword,
+      deleteAccount,
+    ],
   );
   return (
     <QueryClientProvider client={queryClient}>

@@ -20,6 +20,12 @@
 // each send (logout's refresh token after a refresh), one retry with a new
 // token or a solved challenge, and plain `fetch(path, init)` calls.
 
+import {
+  startAuthentication,
+  startRegistration,
+  type PublicKeyCredentialCreationOptionsJSON,
+  type PublicKeyCredentialRequestOptionsJSON,
+} from "@simplewebauthn/browser";
 import type { components, paths } from "./api/schema";
 import { solve } from "./challenge";
 
@@ -37,7 +43,7 @@ const TOKEN_ERRORS: readonly unknown[] = ["Invalid token", "Signature has expire
 
 // --- the API's types, from the generated schema ---
 
-type Schemas = components["schemas"];
+export type Schemas = components["schemas"];
 /** The account as its owner sees it (`/users/me`): `is_admin` shows the Administration page. */
 export type User = Schemas["AccountOut"];
 export type Account = Schemas["AccountOut"];
@@ -180,12 +186,26 @@ export function formatDetail(detail: unknown): string {
 export class ApiError extends Error {
   readonly status: number;
   readonly detail: unknown;
+  /** The whole JSON body of the answer (e.g. the `mfa_token` of a second factor's 403). */
+  readonly body: unknown;
 
-  constructor(status: number, detail: unknown) {
+  constructor(status: number, detail: unknown, body: unknown = null) {
     super(formatDetail(detail) || `Request failed with status ${status}`);
     this.name = "ApiError";
     this.status = status;
     this.detail = detail;
+    this.body = body;
+  }
+}
+
+/** The password was right and the account has TOTP on: a code completes the login (api.loginMfa). */
+export class SecondFactorRequired extends ApiError {
+  readonly mfaToken: string;
+
+  constructor(mfaToken: string) {
+    super(403, "Second factor required");
+    this.name = "SecondFactorRequired";
+    this.mfaToken = mfaToken;
   }
 }
 
@@ -231,7 +251,7 @@ async function parse<T = unknown>(response: Response): Promise<T> {
   }
   if (!response.ok) {
     const detail = data && typeof data === "object" ? (data as { detail?: unknown }).detail : data;
-    throw new ApiError(response.status, detail || response.statusText);
+    throw new ApiError(response.status, detail || response.statusText, data);
   }
   return data as T;
 }
@@ -408,7 +428,10 @@ type Credentials = Schemas["UserCreate"] | Schemas["LoginRequest"];
  * no longer accepts is dropped and the call is made without it. A challenge the server asks
  * for is solved and the call retried once (withChallenge).
  */
-async function sendCredentials<T>(path: "/users/register" | "/users/login", credentials: Credentials): Promise<T> {
+async function sendCredentials<T>(
+  path: "/users/register" | "/users/login" | "/users/login/mfa" | "/users/login/passkey",
+  credentials: Credentials | Schemas["MfaLogin"] | Schemas["PasskeyLogin"],
+): Promise<T> {
   const response = await withChallenge(async (altcha) => {
     const body = altcha ? { ...credentials, altcha } : credentials;
     const anonymous = tokens.anonymous();
@@ -430,18 +453,73 @@ export const api = {
     sendCredentials<Schemas["UserOut"]>("/users/register", { username, password }),
 
   /** Logs in with this browser's device token for the account, and keeps the one the server
-   * returns (a new one after a password change or a logout everywhere). */
+   * returns (a new one after a password change or a logout everywhere). With TOTP on, the
+   * right password throws SecondFactorRequired: loginMfa completes the login. */
   async login(username: string, password: string): Promise<Schemas["LoginOut"]> {
     const device = tokens.device(username);
-    const data = await sendCredentials<Schemas["LoginOut"]>("/users/login", {
-      username,
-      password,
-      ...(device ? { device_token: device } : {}),
-    });
+    let data: Schemas["LoginOut"];
+    try {
+      data = await sendCredentials<Schemas["LoginOut"]>("/users/login", {
+        username,
+        password,
+        ...(device ? { device_token: device } : {}),
+      });
+    } catch (error) {
+      const body = error instanceof ApiError ? (error.body as Partial<Schemas["SecondFactorRequired"]> | null) : null;
+      if (error instanceof ApiError && error.status === 403 && body?.mfa_token) {
+        throw new SecondFactorRequired(body.mfa_token);
+      }
+      throw error;
+    }
     tokens.saveSession(data);
     if (data.device_token) tokens.saveDevice(username, data.device_token);
     return data;
   },
+
+  /** The second step of a login with TOTP on: a code of the app, or a recovery code (letters). */
+  async loginMfa(username: string, mfaToken: string, code: string): Promise<Schemas["LoginOut"]> {
+    const trimmed = code.trim();
+    const body: Schemas["MfaLogin"] = /^[0-9\s]+$/.test(trimmed)
+      ? { mfa_token: mfaToken, code: trimmed }
+      : { mfa_token: mfaToken, recovery_code: trimmed };
+    const data = await sendCredentials<Schemas["LoginOut"]>("/users/login/mfa", body);
+    tokens.saveSession(data);
+    tokens.saveDevice(username, data.device_token);
+    return data;
+  },
+
+  /** Signs in with a passkey (the browser asks the user to pick one; `autofill`: from the
+   * username field's suggestions, conditional UI). */
+  async loginWithPasskey(autofill = false): Promise<Schemas["LoginOut"]> {
+    const optionsJSON = (await parse(
+      await send("/users/login/passkey/options", { method: "POST" }),
+    )) as unknown as PublicKeyCredentialRequestOptionsJSON;
+    const credential = await startAuthentication({ optionsJSON, useBrowserAutofill: autofill });
+    const data = await sendCredentials<Schemas["LoginOut"]>("/users/login/passkey", {
+      credential: credential as unknown as Record<string, unknown>,
+    });
+    tokens.saveSession(data);
+    return data;
+  },
+
+  passkeys: () => request("get", "/users/me/passkeys"),
+
+  /** Creates a passkey on this device (the browser asks the user) and registers it. */
+  async addPasskey(name?: string): Promise<Schemas["PasskeyOut"]> {
+    const optionsJSON = (await request("post", "/users/me/passkeys/options")) as unknown as
+      PublicKeyCredentialCreationOptionsJSON;
+    const credential = await startRegistration({ optionsJSON });
+    return request("post", "/users/me/passkeys", {
+      body: { credential: credential as unknown as Record<string, unknown>, ...(name ? { name } : {}) },
+    });
+  },
+
+  removePasskey: (id: string) => request("delete", "/users/me/passkeys/{passkey_id}", { params: { passkey_id: id } }),
+
+  accountData: () => request("get", "/users/me/data"),
+  beginTotp: (password: string) => request("post", "/users/me/totp", { body: { password } }),
+  confirmTotp: (code: string) => request("post", "/users/me/totp/confirm", { body: { code } }),
+  disableTotp: (password: string, code: string) => request("delete", "/users/me/totp", { body: { password, code } }),
 
   /** Ends the session on the server, and on this side whatever the server answered. The
    * device token stays: the next login on this browser is still trusted. */

@@ -1,6 +1,8 @@
 import { useId, useState, type FormEvent } from "react";
 import { useAuth } from "../AuthContext";
 import Devices from "./Devices";
+import Passkeys from "./Passkeys";
+import TwoStep from "./TwoStep";
 
 /** A form of password fields. Whatever the outcome (shown in the status line), the fields are
  * cleared: a password never stays on screen. */
@@ -54,7 +56,8 @@ function PasswordForm<Name extends string>({
   );
 }
 
-/** The logged-in user's account: change password, log out everywhere, delete the account. */
+/** The logged-in user's account: change password, passkeys, two-step verification, log out
+ * everywhere, delete the account. */
 export default function AccountPanel() {
   const { user, changePassword, deleteAccount, logoutEverywhere } = useAuth();
   const [busy, setBusy] = useState(false);
@@ -79,6 +82,8 @@ export default function AccountPanel() {
         onSubmit={({ current, next }) => changePassword(current, next)}
       />
       <Devices />
+      <Passkeys />
+      <TwoStep />
       <button type="button" onClick={handleLogoutEverywhere} disabled={busy}>
         Log out everywhere
       </button>

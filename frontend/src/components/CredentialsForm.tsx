@@ -5,12 +5,15 @@ import { useId, useState, type FormEvent, type ReactNode } from "react";
 export default function CredentialsForm({
   title,
   passwordAutoComplete,
+  usernameAutoComplete = "username",
   initialUsername = "",
   onSubmit,
   children,
 }: {
   title: string;
   passwordAutoComplete: "current-password" | "new-password";
+  /** "username webauthn" on the login form: the browser may offer passkeys there (conditional UI). */
+  usernameAutoComplete?: string;
   initialUsername?: string;
   onSubmit: (username: string, password: string) => Promise<boolean>;
   children?: ReactNode;
@@ -34,7 +37,7 @@ export default function CredentialsForm({
       <label htmlFor={`${id}-username`}>Username</label>
       <input
         id={`${id}-username`}
-        autoComplete="username"
+        autoComplete={usernameAutoComplete}
         value={username}
         onChange={(event) => setUsername(event.target.value)}
         required
