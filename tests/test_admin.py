@@ -309,3 +309,25 @@ def test_disable_reaches_another_host(tmp_path: Path, databases: Databases) -> N
                     break
             time.sleep(0.01)
         every_worker_says(b, "/users/me", marko["token"], 401)
+
+
+async def test_a_disabled_account_s_passkey_is_refused_too(tmp_path: Path) -> None:
+    """Every way in ends at accounts.start_session, which refuses a disabled account; each login is audited."""
+    from test_passkeys import add_passkey, passkey_login
+
+    from webauthn_support import SoftAuthenticator
+
+    async for client in running(make_settings(tmp_path)):
+        admin = await make_admin(client, "root")
+        token = await client.token_for("marko")
+        key = SoftAuthenticator()
+        assert (await add_passkey(client, token, key))["status"] == 201
+        marko = await user_id(client, token)
+        assert (await client.post(f"/admin/users/{marko}/disable", headers=bearer(admin))).status_code == 200
+        refused = await passkey_login(client, key)
+        assert (refused.status_code, refused.json()) == (403, DISABLED)
+        assert (await client.post(f"/admin/users/{marko}/enable", headers=bearer(admin))).status_code == 200
+        assert (await passkey_login(client, key)).status_code == 200
+        events = (await client.get("/admin/audit", params={"user_id": marko, "type": "login"},
+                                   headers=bearer(admin))).json()["events"]
+        assert [e["detail"].get("via") for e in events] == ["passkey", None]
