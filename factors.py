@@ -36,26 +36,7 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-import pyotp
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import HTTPException, status
-from webauthn import (
-    generate_authentication_options,
-    generate_registration_options,
-    options_to_json,
-    verify_authentication_response,
-    verify_registration_response,
-)
-from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    AuthenticatorTransport,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
 
 from accounts import LOGIN_BUDGET, Caller, LoggedIn, mfa_key, reauthenticate, start_session
 from authentication import AuthHandler
@@ -74,7 +55,8 @@ INVALID_CODE = "Invalid code"
 CODE_USED = "Code already used; wait for the next one"
 INVALID_MFA = "Invalid or expired mfa_token; log in again"
 STALE_CHALLENGE = "Unknown, expired or already used challenge: ask for new options"
-TRANSPORTS = frozenset(t.value for t in AuthenticatorTransport)
+# webauthn's AuthenticatorTransport values, spelt out so the module need not import webauthn to start
+TRANSPORTS = frozenset({"ble", "cable", "hybrid", "internal", "nfc", "smart-card", "usb"})
 _B64URL = re.compile(r"[A-Za-z0-9_-]{16,1400}")  # a challenge (32 bytes) or a credential id (≤ 1023 bytes)
 
 
@@ -83,6 +65,8 @@ class Factors:
     (derived from the signing secret, so nothing new to configure and every host agrees)."""
 
     def __init__(self, secret: str, rp_id: str, rp_name: str, origins: list[str]) -> None:
+        # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         self._seal = AESGCM(derive_key(secret, "totp"))
         self._recovery_key = derive_key(secret, "recovery-codes")
         self.rp_id, self.rp_name, self.origins = rp_id, rp_name, origins
@@ -97,6 +81,8 @@ class Factors:
 
     def unseal(self, sealed: str | None, user_id: str) -> str | None:
         """The TOTP secret, or ``None`` if there is none (or it was not sealed for this account)."""
+        # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+        from cryptography.exceptions import InvalidTag
         if not sealed or not sealed.startswith("v1."):
             return None
         try:
@@ -116,11 +102,17 @@ def _b64(data: bytes) -> str:
 
 
 def _options(options: Any) -> dict[str, Any]:
+    # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+    from webauthn import (
+        options_to_json,
+    )
     return json.loads(options_to_json(options))
 
 
 def _challenge_of(credential: dict[str, Any]) -> str | None:
     """The challenge a response's client data names, if it looks like one of ours."""
+    # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+    from webauthn.helpers import base64url_to_bytes
     try:
         response = credential.get("response")
         client_data = json.loads(base64url_to_bytes(response["clientDataJSON"]))  # type: ignore[index]
@@ -131,6 +123,8 @@ def _challenge_of(credential: dict[str, Any]) -> str | None:
 
 
 async def _new_challenge(store: Store, purpose: str, user_id: str | None) -> bytes:
+    # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+    from webauthn.helpers import bytes_to_base64url
     challenge = secrets.token_bytes(32)
     await store.put_webauthn_challenge(bytes_to_base64url(challenge), purpose, user_id, time.time() + CHALLENGE_SECONDS)
     return challenge
@@ -148,6 +142,18 @@ def _login_budget(limiter: RateLimiter, caller: Caller) -> None:
 
 async def registration_options(user: User, store: Store, factors: Factors) -> dict[str, Any]:
     """Creation options for a new passkey of ``user``, its existing ones excluded."""
+    # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+    from webauthn import (
+        generate_registration_options,
+    )
+    from webauthn.helpers import base64url_to_bytes
+    from webauthn.helpers.structs import (
+        AuthenticatorSelectionCriteria,
+        AuthenticatorTransport,
+        PublicKeyCredentialDescriptor,
+        ResidentKeyRequirement,
+        UserVerificationRequirement,
+    )
     exclude = [PublicKeyCredentialDescriptor(id=base64url_to_bytes(p.credential_id),
                                              transports=[AuthenticatorTransport(t) for t in p.transports])
                for p in await store.list_passkeys(user.id)]
@@ -164,6 +170,12 @@ async def register_passkey(identity: Identity, credential: dict[str, Any], name:
                            factors: Factors) -> Passkey:
     """Verify a new passkey's attestation against a challenge of this account's and keep it;
     every other session of the account ends. 400 with what is wrong."""
+    # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+    from webauthn import (
+        verify_registration_response,
+    )
+    from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
+    from webauthn.helpers.exceptions import WebAuthnException
     challenge = _challenge_of(credential)
     entry = await store.take_webauthn_challenge(challenge) if challenge else None
     if entry is None or entry.purpose != "register" or entry.user_id != identity.id:
@@ -191,6 +203,13 @@ async def register_passkey(identity: Identity, credential: dict[str, Any], name:
 
 async def login_options(store: Store, factors: Factors) -> dict[str, Any]:
     """Request options for a discoverable credential: any passkey of this site may answer."""
+    # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+    from webauthn import (
+        generate_authentication_options,
+    )
+    from webauthn.helpers.structs import (
+        UserVerificationRequirement,
+    )
     challenge = await _new_challenge(store, "login", None)
     return _options(generate_authentication_options(
         rp_id=factors.rp_id, challenge=challenge, timeout=CHALLENGE_SECONDS * 1000, allow_credentials=[],
@@ -201,6 +220,11 @@ async def login_passkey(credential: dict[str, Any], caller: Caller, store: Store
                         limiter: RateLimiter, factors: Factors) -> LoggedIn:
     """Log in with a passkey: the same answer as a password login. 429 over the address's login
     budget; 401 ``Invalid passkey`` for anything wrong (no detail that would help a forger)."""
+    # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+    from webauthn import (
+        verify_authentication_response,
+    )
+    from webauthn.helpers import base64url_to_bytes
     _login_budget(limiter, caller)
     challenge = _challenge_of(credential)
     entry = await store.take_webauthn_challenge(challenge) if challenge else None
@@ -239,6 +263,8 @@ async def remove_passkey(identity: Identity, passkey_id: str, store: Store) -> b
 
 def _step_of(secret: str, code: str, now: float | None = None) -> int | None:
     """The time step (``now`` ± 1) whose code ``code`` is, if any."""
+    # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+    import pyotp
     code = re.sub(r"\s", "", code)
     if len(code) != TOTP_DIGITS or not code.isascii() or not code.isdigit():
         return None
@@ -254,6 +280,8 @@ async def begin_totp(identity: Identity, password: str, caller: Caller, store: S
                      trust: Trust, settings: Settings, factors: Factors) -> tuple[str, str]:
     """Check the password, then a new secret, pending until ``confirm_totp``: ``(secret, otpauth URI)``.
     409 while TOTP is on (turning it off first needs a code)."""
+    # imported on first use: webauthn, cryptography and pyotp hold ~20 MB the service needs only here
+    import pyotp
     user = await reauthenticate(identity, password, caller, store, auth, trust, settings)
     if user.totp_enabled:
         raise HTTPException(status.HTTP_409_CONFLICT, "TOTP is already on; turn it off first")

@@ -230,3 +230,12 @@ def test_the_authenticator_is_what_the_server_expects() -> None:
     credential = key.create({"challenge": b64url(b"c" * 32), "user": {"id": b64url(b"u")}, "rp": {"id": "localhost"}})
     parsed = parse_registration_credential_json(copy.deepcopy(credential))
     assert parsed.id == key.id
+
+
+def test_the_transports_spelt_out_are_webauthn_s() -> None:
+    """factors.TRANSPORTS avoids importing webauthn at start-up (memory): it must stay the library's list."""
+    from webauthn.helpers.structs import AuthenticatorTransport
+
+    import factors
+
+    assert factors.TRANSPORTS == {t.value for t in AuthenticatorTransport}
