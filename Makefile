@@ -11,7 +11,7 @@ NODE_MODULES := frontend/node_modules/.package-lock.json
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench screenshot spa spa-if-npm api-types api-types-check chromium postgres icu migrate import-json \
-        clean
+        admin clean
 
 # /metrics sums the workers' figures through files in METRICS_DIR (prometheus-client's multiprocess
 # mode): emptied at each start, as a restarted service's counters start from zero. The app writes the
@@ -125,6 +125,13 @@ migrate: $(VENV)/.installed
 FILE ?= users.json
 import-json: $(VENV)/.installed
 	$(PY) -m store.pg_tools import-json $(FILE)
+
+# The first administrator (or another): `make admin NAME=alice` creates the account if missing
+# (password prompted) and grants it admin rights; safe while the service runs (manage.py).
+admin: $(VENV)/.installed
+	@test -n "$(NAME)" || { echo "usage: make admin NAME=<username>"; exit 2; }
+	$(PY) manage.py create-user "$(NAME)" --exists-ok
+	$(PY) manage.py grant-admin "$(NAME)"
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist .pytest_cache

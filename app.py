@@ -28,12 +28,13 @@ import fastpath
 import logs
 import metrics
 from admission import EarlyRetries
+from audit import Auditor
 from authentication import AuthHandler
 from deps import COMMON_ERRORS, MAX_BODY_BYTES, client_address
 from factors import Factors
 from models import Message as MessageOut
 from ratelimit import Budget, RateLimiter
-from routers import anonymous, factors, personal, shop, users
+from routers import admin, anonymous, factors, personal, security, shop, users
 from security_headers import SecurityHeaders, build_headers
 from settings import Settings
 from store import Store, StoreError, StoreUnavailable, build_store
@@ -44,6 +45,7 @@ MAX_HEADER_BYTES = 16 * 1024
 READY_TIMEOUT_SECONDS = 2.0  # a readiness probe answers 503 rather than hang on a database
 MAINTENANCE_SECONDS = 3600
 SHARE_COUNTS_SECONDS = 1.0
+AUDIT_FLUSH_SECONDS = 1.0  # audit events are written at most this often per worker (audit.py: the loss window)
 VIEW_FLUSH_SECONDS = 1.0  # views are written at most this often per worker (store/json_visitors.py: record_view)
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
 TOKEN_PATHS = ("/users/login", "/users/refresh", "/anonymous-login", "/challenge", "/users/login/mfa",
@@ -54,6 +56,7 @@ async def _maintain(store: Store, settings: Settings) -> None:
     """Forget idle visitors and expired sessions, so the store does not grow without bound."""
     purged = await store.purge_anonymous(settings.anonymous_token_expire_days * 86400)
     await store.prune()
+    await store.prune_audit(time.time() - settings.audit_retention_days * 86400)
     if purged:
         log.info("purged %d idle anonymous visitor(s)", purged)
 
@@ -98,13 +101,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                             settings.challenge_max_number)
     app.state.factors = Factors.from_settings(secret, settings)
     app.state.early_retries = EarlyRetries(settings.early_retry_delay_seconds)
+    app.state.audit = auditor = Auditor(store, enabled=settings.audit_enabled)
     await _maintain(store, settings)
     tasks = [asyncio.create_task(_periodically(MAINTENANCE_SECONDS, lambda: _maintain(store, settings),
                                                "store maintenance")),
              asyncio.create_task(_periodically(SHARE_COUNTS_SECONDS, limiter.share, "sharing request counts")),
              # views this worker noted, one transaction a second (none when idle); on failure they
              # stay in memory for the next round
-             asyncio.create_task(_periodically(VIEW_FLUSH_SECONDS, store.flush_views, "writing the browsing history"))]
+             asyncio.create_task(_periodically(VIEW_FLUSH_SECONDS, store.flush_views, "writing the browsing history")),
+             # audit events this worker noted, one batch a second, without an fsync (audit.py)
+             asyncio.create_task(_periodically(AUDIT_FLUSH_SECONDS, auditor.flush, "writing the audit log"))]
     try:
         yield
     finally:
@@ -115,8 +121,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             await limiter.share()
             await store.flush_views()  # a clean stop keeps every view
+            await auditor.flush(everything=True)  # and every audit event, open folds included
         except Exception:
-            log.exception("writing the request counts and browsing history at shutdown failed")
+            log.exception("writing the request counts, browsing history and audit log at shutdown failed")
         await store.close()  # JSON: waits for queued writes and folds the journal
         auth.close()
         metrics.worker_stopped()
@@ -348,7 +355,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               "see Retry-After"}})
 
     # Routes are tried in order and each miss costs microseconds: hot routes first.
-    for router in (users.router, shop.router, personal.router, anonymous.router, factors.router):
+    for router in (users.router, shop.router, personal.router, anonymous.router, factors.router, security.router,
+                   admin.router):
         app.include_router(router)
     declare_body_limit(app)
 

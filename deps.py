@@ -15,6 +15,7 @@ from fastapi.security import HTTPBearer
 from starlette.types import Scope
 
 from admission import Watch
+from audit import USER_AGENT_CHARS, Auditor
 from authentication import AuthHandler, TokenError
 from models import Message
 from ratelimit import RateLimiter
@@ -134,6 +135,16 @@ async def get_trust(request: Request) -> Trust:
     return request.app.state.trust
 
 
+async def get_audit(request: Request) -> Auditor:
+    return request.app.state.audit
+
+
+def user_agent(request: Request) -> str | None:
+    """The caller's ``User-Agent``, truncated (audit.USER_AGENT_CHARS): for the audit log and the sessions list."""
+    value = request.headers.get("user-agent")
+    return value[:USER_AGENT_CHARS] if value else None
+
+
 async def get_factors(request: Request) -> "Factors":
     return request.app.state.factors
 
@@ -143,6 +154,7 @@ AuthDep = Annotated[AuthHandler, Depends(get_auth)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 TrustDep = Annotated[Trust, Depends(get_trust)]
+AuditDep = Annotated[Auditor, Depends(get_audit)]
 ClientAddress = Annotated[str, Depends(client_address)]
 
 
@@ -165,12 +177,17 @@ class _Bearer(HTTPBearer):
         super().__init__(scheme_name="HTTPBearer", description=BEARER_DESCRIPTION, auto_error=False)
 
 
+ADMIN_REQUIRED = "Admin rights required"
+
+
 class BearerIdentity(_Bearer):
-    def __init__(self, registered_only: bool, optional: bool = False) -> None:
-        """``optional``: no ``Authorization`` header is ``None`` (a bad token is still a 401)."""
+    def __init__(self, registered_only: bool, optional: bool = False, admin_only: bool = False) -> None:
+        """``optional``: no ``Authorization`` header is ``None`` (a bad token is still a 401);
+        ``admin_only``: an account without ``is_admin`` (or a visitor) gets 403."""
         super().__init__()
         self.registered_only = registered_only
         self.optional = optional
+        self.admin_only = admin_only
 
     async def __call__(self, request: Request) -> Identity | None:  # type: ignore[override]
         return await self.identify(request.scope)
@@ -182,6 +199,8 @@ class BearerIdentity(_Bearer):
             if self.optional and _bearer_token(scope) is None:
                 return None
             identity = scope[IDENTITY_KEY] = await _identify(scope)
+        if self.admin_only and (identity.user is None or not identity.user.is_admin):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, ADMIN_REQUIRED)
         if self.registered_only and identity.anonymous:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "Registered account required")
         return identity
@@ -204,8 +223,8 @@ async def _identify(scope: Scope) -> Identity:
         await store.touch_anonymous(subject)
         return Identity(subject)
     user = await store.session_user(claims["sid"], subject)
-    if user is None:
-        raise unauthorized("Invalid token")  # deleted user, or the session was logged out
+    if user is None or user.disabled:  # deleted, logged out, or disabled (its sessions end too; this is the backstop)
+        raise unauthorized("Invalid token")
     return Identity(subject, user, claims["sid"])
 
 
@@ -229,6 +248,7 @@ MAX_BODY_BYTES = 64 * 1024  # app.BodyLimit answers 413 over it (and app.declare
 
 CurrentIdentity = Annotated[Identity, Security(BearerIdentity(registered_only=False))]
 CurrentUser = Annotated[Identity, Security(BearerIdentity(registered_only=True))]
+AdminUser = Annotated[Identity, Security(BearerIdentity(registered_only=True, admin_only=True))]
 OptionalIdentity = Annotated[Identity | None, Security(BearerIdentity(registered_only=False, optional=True))]
 OptionalAnonymous = Annotated[str | None, Security(AnonymousVisitor())]
 
@@ -245,4 +265,7 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 REGISTERED_ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS, 403: {"model": Message, "description": "An anonymous token: a registered account is required"},
+}
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **AUTH_ERRORS, 403: {"model": Message, "description": f"`{ADMIN_REQUIRED}`: the token is not an administrator's"},
 }

@@ -70,7 +70,8 @@ for _outcome in ("created", "taken", "throttled", "shed", "challenge_required"):
     REGISTRATIONS.labels(_outcome)
 for _outcome in ("rotated", "grace", "reuse_detected", "invalid"):
     REFRESHES.labels(_outcome)
-for _reason in ("logout", "logout_all", "password_change", "account_deleted", "reuse_detected"):
+for _reason in ("logout", "logout_all", "password_change", "account_deleted", "reuse_detected", "session_ended",
+                "admin"):
     SESSIONS_ENDED.labels(_reason)
 for _result in ("hit", "miss"):
     CACHE_REQUESTS.labels(_result)

@@ -162,6 +162,58 @@ class UserList(BaseModel):
     next_cursor: str | None = Field(description="`cursor` for the next page; null on the last page")
 
 
+class AccountOut(UserOut):
+    """The account as its owner (``/users/me``) and an administrator see it: every attribute but
+    the password hash. ``created_at``/``last_login_at``: epoch seconds, null when not known."""
+
+    is_admin: bool
+    disabled: bool
+    created_at: float | None
+    last_login_at: float | None
+
+
+class AccountList(BaseModel):
+    users: list[AccountOut]
+    next_cursor: str | None = Field(description="`cursor` for the next page; null on the last page")
+
+
+# -- the audit log and each user's sessions (audit.py) -------------------------------------------------
+
+AuditCursor = Annotated[str, Field(pattern=r"^[0-9a-f]{24}$", description="`next_cursor` of the previous page")]
+AuditType = Annotated[str, Field(pattern=r"^[a-z_]{1,32}$", description="only events of this type")]
+UserQuery = Annotated[Text, Field(min_length=1, max_length=64, description="a case-insensitive prefix of the username")]
+
+
+class AuditEventOut(BaseModel):
+    id: str
+    at: float = Field(description="epoch seconds")
+    type: str = Field(examples=["login_failed"])
+    user_id: str | None
+    username: str | None
+    client: str | None = Field(description="the client's address as the service counts it (IPv6: its /64)")
+    user_agent: str | None
+    detail: dict[str, object] = Field(description="type-specific: `count` of a folded `login_failed`, the acting "
+                                      "administrator (`admin_id`, `admin`), `request_id`, ...")
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEventOut]
+    next_cursor: str | None = Field(description="`cursor` for the next (older) page; null on the last page")
+
+
+class MySession(BaseModel):
+    id: str
+    created_at: float | None = Field(description="epoch seconds; null for a session older than this field")
+    last_used_at: float | None = Field(description="the last login or refresh (coarse: access-token use is not noted)")
+    client: str | None
+    user_agent: str | None
+    current: bool = Field(description="the session of the token that asked")
+
+
+class MySessions(BaseModel):
+    sessions: list[MySession]
+
+
 class TokenOut(BaseModel):
     token: str
     token_type: str = "bearer"
@@ -341,7 +393,7 @@ class SecondFactorRequired(BaseModel):
 
 
 class DataExport(BaseModel):
-    profile: UserOut
+    profile: AccountOut
     cart: list[CartLine]
     history: list[View]
     favourites: list[int]

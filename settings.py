@@ -61,6 +61,9 @@ class Settings(BaseSettings):
                                             "unset: /metrics answers loopback clients only")
     metrics_enabled: bool = Field(True, description="false: no /metrics, nothing counted (the bench's baseline)")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
+    audit_retention_days: float = Field(90, gt=0, description="audit events older than this are pruned "
+                                        "(hourly); the JSON store drops whole days")
+    audit_enabled: bool = Field(True, description="false: nothing is recorded (the bench's baseline only)")
 
     @field_validator("cors_origins", "webauthn_origins", mode="before")
     @classmethod

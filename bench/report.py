@@ -245,8 +245,22 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
         Stat.of(_ratios(_rps(at[cmp_n]["me"]), _rps(ours["metrics_off_me"]))), check=(">=", 0.95),
         note=_invalid(ours["metrics_off_me"]),
     ))
+    rows += audit_rows(raw)
     rows += postgres_rows(raw)
     return rows
+
+
+def audit_rows(raw: dict[str, Any]) -> list[Row]:
+    """A1, A2: what the audit log costs (bench/run.py: Bench.audit)."""
+    audit = raw["ours"]["audit"]
+    at = _users(raw["config"]["compare_size"])
+    return [
+        Row("audit_me_over_health", "A1", "GET /users/me ÷ GET /health, req/s, audit log being written", at,
+            "≥ 0.85 (row 1)", Stat.of(_ratios(_rps(audit["me"]), _rps(audit["health"]))), check=(">=", 0.85),
+            note=_invalid(audit["me"], audit["health"])),
+        Row("audit_login_p99", "A2", "POST login p99, one client, audit log on ÷ off", at, "≤ 1.1",
+            Stat.of([_p99(audit["login_on_ms"]) / _p99(audit["login_off_ms"])]), check=("<=", 1.1)),
+    ]
 
 
 def postgres_rows(raw: dict[str, Any]) -> list[Row]:

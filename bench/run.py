@@ -89,6 +89,7 @@ class Config:
     chunk: float = 1.0  # throughput comparisons alternate between their targets every `chunk` seconds
     storm_margin: float = 1.0  # storm runs this long before and after the /health window
     login_samples: int = 10
+    audit_login_samples: int = 200  # row A2: logins on each server (audit log on, off), alternating
     startup_spawns: int = 3
     hash_samples: int = 5
     revocation_trials: int = 200
@@ -97,7 +98,7 @@ class Config:
 FULL = Config(False, (10, 1_000, 10_000, 100_000), 1_000, (1_000, 100_000), 1_000,
               duration=8, warmup=2, reps=3)
 QUICK = Config(True, (10, 1_000), 1_000, (100, 1_000), 100, duration=1, warmup=1, reps=1,
-               storm_margin=0.5, login_samples=3, startup_spawns=1, hash_samples=1, revocation_trials=20)
+               storm_margin=0.5, login_samples=3, audit_login_samples=20, startup_spawns=1, hash_samples=1, revocation_trials=20)
 
 
 # --- small helpers -----------------------------------------------------------------
@@ -445,6 +446,31 @@ class Bench:
         say(f"  /health {_brief(r['health'])}; GET /items/7 {_brief(r['item'])}; "
             f"GET /items/ (full history) {_brief(r['items'])}")
         return r
+
+    def audit(self) -> dict[str, Any]:
+        """Rows A1, A2: /users/me ÷ /health on a server whose audit log is being written (one
+        client logging in non-stop beside the load: an event per login, a batch a second), and one
+        client's login p99 on that server ÷ on one with AUDIT_ENABLED=false, the two alternating."""
+        cfg = self.cfg
+        out: dict[str, Any] = {"health": [], "me": [], "login_on_ms": [], "login_off_ms": []}
+        with self.ours(cfg.compare_size, label="-audit") as on, \
+                self.ours(cfg.compare_size, extra_env={"AUDIT_ENABLED": "false"}, label="-audit-off") as off:
+            for _ in range(cfg.audit_login_samples):
+                out["login_on_ms"] += timed_ms(lambda: login_ours(on.port, username_of(4)), 1)
+                out["login_off_ms"] += timed_ms(lambda: login_ours(off.port, username_of(4)), 1)
+            login = RequestSpec("/users/login", method="POST", headers={"Content-Type": "application/json"},
+                                body=json.dumps({"username": username_of(5), "password": PASSWORD}))
+            auth = {"Authorization": f"Bearer {login_ours(on.port, username_of(1))}"}
+            bg = self.loader.background(on.port, login, 1, 2 * cfg.reps * cfg.duration + 30)
+            try:
+                res = interleaved(self.loader, {"health": (on.port, RequestSpec("/health")),
+                                                "me": (on.port, RequestSpec("/users/me", headers=auth))}, cfg)
+            finally:
+                bg.kill()
+            out.update(health=res["health"], me=res["me"])
+        say(f"  audit log busy: /health {_brief(out['health'])}; /users/me {_brief(out['me'])}; login p99 "
+            f"{_p99(out['login_on_ms']):.1f} ms on, {_p99(out['login_off_ms']):.1f} ms off")
+        return out
 
     def storm(self) -> dict[str, Any]:
         """/health while 4 clients log in non-stop at bcrypt cost 12, against /health idle."""
@@ -881,6 +907,7 @@ def main(argv: list[str] | None = None) -> int:
         raw["ours"]["storm"] = bench.storm()
         raw["ours"]["abuse"] = bench.abuse()
         raw["ours"]["register"] = bench.register()
+        raw["ours"]["audit"] = bench.audit()
         raw["ours"]["postgres"] = bench.postgres()
         ok = True
     finally:

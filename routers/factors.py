@@ -14,6 +14,7 @@ from deps import (
     COMMON_ERRORS,
     REGISTERED_ERRORS,
     UNAVAILABLE,
+    AuditDep,
     AuthDep,
     ClientAddress,
     CurrentUser,
@@ -24,6 +25,7 @@ from deps import (
     TrustDep,
     disconnect_watch,
     get_factors,
+    user_agent,
 )
 from factors import Factors
 from models import (
@@ -54,7 +56,10 @@ LOGIN_401 = {"model": Message, "description": "The login was refused (see `detai
 
 
 def _caller(request: Request, client: str, anonymous: str | None = None) -> Caller:
-    return Caller(client, disconnect_watch(request), anonymous)
+    return Caller(client, disconnect_watch(request), anonymous, user_agent(request))
+
+
+DISABLED = {403: {"model": Message, "description": "`Account disabled` by an administrator"}}
 
 
 # -- passkeys of the signed-in account --------------------------------------------------------------
@@ -105,15 +110,16 @@ async def passkey_login_options(store: StoreDep, f: FactorsDep) -> dict[str, Any
 @router.post("/login/passkey", response_model=LoginOut, responses={
     401: {"model": Message, "description": "`Invalid passkey`: a bad signature, an unknown credential, a wrong "
           "origin, a spent or expired challenge, or a signature counter that went backwards"},
-    429: TOO_MANY, 503: UNAVAILABLE})
+    **DISABLED, 429: TOO_MANY, 503: UNAVAILABLE})
 async def login_passkey(body: PasskeyLogin, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
                         trust: TrustDep, limiter: LimiterDep, f: FactorsDep,
-                        anonymous: OptionalAnonymous) -> dict[str, Any]:
+                        anonymous: OptionalAnonymous, audit: AuditDep) -> dict[str, Any]:
     """The answer of a password login, for what the authenticator answered to the options. No
     second factor is asked: a passkey already proves possession and the user's presence. Sent
     with an anonymous visitor's token, the visitor's data moves into the account."""
     done = await factors.login_passkey(body.credential, _caller(request, client, anonymous), store, auth, trust,
                                        limiter, f)
+    audit.record("login", done.user, client, user_agent(request), session_id=done.session_id, via="passkey")
     return {**_tokens(auth, done.user, done.session_id, done.refresh_jti), "device_token": done.device_token}
 
 
@@ -153,11 +159,13 @@ async def disable_totp(body: TotpDisable, request: Request, client: ClientAddres
 @router.post("/login/mfa", response_model=LoginOut, responses={
     401: {"model": Message, "description": "`Invalid code`, `Code already used; wait for the next one`, or an "
           "unknown, expired, used or exhausted (5 wrong codes) `mfa_token`"},
-    429: TOO_MANY, 503: UNAVAILABLE})
+    **DISABLED, 429: TOO_MANY, 503: UNAVAILABLE})
 async def login_mfa(body: MfaLogin, request: Request, client: ClientAddress, store: StoreDep, auth: AuthDep,
-                    trust: TrustDep, limiter: LimiterDep, f: FactorsDep, anonymous: OptionalAnonymous) -> dict[str, Any]:
+                    trust: TrustDep, limiter: LimiterDep, f: FactorsDep, anonymous: OptionalAnonymous,
+                    audit: AuditDep) -> dict[str, Any]:
     """Complete a password login that answered ``403 Second factor required``: its ``mfa_token``
     and a code of the authenticator app, or an unused recovery code."""
     done = await factors.login_mfa(body.mfa_token, body.code, body.recovery_code, _caller(request, client, anonymous),
                                    store, auth, trust, limiter, f)
+    audit.record("login", done.user, client, user_agent(request), session_id=done.session_id, via="second_factor")
     return {**_tokens(auth, done.user, done.session_id, done.refresh_jti), "device_token": done.device_token}

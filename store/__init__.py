@@ -10,6 +10,8 @@ settings. The package, one idea a module:
   visitors, personal data); what a third backend must do, checked by tests/test_store_contract.py;
 - ``rules``: the rules both backends share, as plain functions (lockout arithmetic, history
   merges and limits);
+- ``json_audit`` / ``pg_audit``: the audit log of each backend (a file a day beside the store; a table);
+- ``json_store`` + ``json_visitors``: ``JsonStore``, the default, on ``journal.JournaledTables``
 - ``json_store`` + ``json_visitors`` + ``json_factors`` (passkeys, second factors): ``JsonStore``, the default, on ``journal.JournaledTables``
   (``users.json`` and its journal);
 - ``pg_base`` (pool, caches kept true by ``LISTEN``/``NOTIFY``, transactions), ``pg_store`` +
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING
 from .json_store import JsonStore
 from .protocol import (
     AccountStore,
+    AuditStore,
     FactorStore,
     Lifecycle,
     PersonalStore,
@@ -37,6 +40,7 @@ from .protocol import (
 from .records import (
     USER_FIELDS,
     Attempt,
+    AuditEvent,
     ChallengeRequired,
     Device,
     Failures,
@@ -46,6 +50,7 @@ from .records import (
     Personal,
     RateLimited,
     Rotation,
+    SessionView,
     StoreError,
     StoreUnavailable,
     UnknownOwner,
@@ -60,10 +65,11 @@ from .rules import MAX_FAVOURITES, MAX_HISTORY, client_key
 if TYPE_CHECKING:
     from settings import Settings
 
-__all__ = ["MAX_FAVOURITES", "MAX_HISTORY", "USER_FIELDS", "AccountStore", "Attempt", "ChallengeRequired", "Device",
-           "FactorStore", "Failures", "JsonStore", "Lifecycle", "Lockout", "MfaTicket", "Passkey", "Personal", "PersonalStore", "RateLimited", "Rotation",
-           "SessionStore", "Store", "StoreError", "StoreUnavailable", "ThrottleStore", "UnknownOwner", "User",
-           "UsernameTaken", "Visitor", "VisitorStore", "WebAuthnChallenge", "build_store", "client_key", "public_profile"]
+__all__ = ["MAX_FAVOURITES", "MAX_HISTORY", "USER_FIELDS", "AccountStore", "Attempt", "AuditEvent", "AuditStore",
+           "ChallengeRequired", "Device", "FactorStore", "Failures", "JsonStore", "Lifecycle", "Lockout", "MfaTicket",
+           "Passkey", "Personal", "PersonalStore", "RateLimited", "Rotation", "SessionStore", "SessionView", "Store",
+           "StoreError", "StoreUnavailable", "ThrottleStore", "UnknownOwner", "User", "UsernameTaken", "Visitor",
+           "VisitorStore", "WebAuthnChallenge", "build_store", "client_key", "public_profile"]
 
 
 def build_store(settings: "Settings") -> Store:

@@ -14,7 +14,7 @@ the record gained). This module holds accounts, sessions and the login throttlin
 import asyncio
 import time
 import uuid
-from itertools import islice
+from itertools import islice, takewhile
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,21 @@ from journal import Change, JournaledTables
 from models import normalize_username
 from usernames import lookalike_keys
 
+from .json_audit import JsonAudit
 from .json_factors import EXPIRING, FACTOR_TABLES, JsonFactors
 from .json_visitors import JsonVisitors
-from .records import Attempt, Device, Lockout, Rotation, UnknownOwner, User, UsernameTaken, user_doc, user_from_doc
+from .records import (
+    Attempt,
+    Device,
+    Lockout,
+    Rotation,
+    SessionView,
+    UnknownOwner,
+    User,
+    UsernameTaken,
+    user_doc,
+    user_from_doc,
+)
 from .rules import (
     UPGRADE_MEMORY,
     account_attempt,
@@ -48,7 +60,7 @@ def _legacy_id(doc: dict[str, Any]) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + normalize_username(str(doc["username"]))))
 
 
-class JsonStore(JsonFactors, JsonVisitors):
+class JsonStore(JsonFactors, JsonVisitors, JsonAudit):
     def __init__(self, path: Path) -> None:
         self._by_name: dict[str, str] = {}
         self._by_key: dict[str, str] = {}  # look-alike key -> the account holding it
@@ -59,6 +71,7 @@ class JsonStore(JsonFactors, JsonVisitors):
         self._flushing: dict[str, dict[int, float]] = {}  # being written by flush_views right now
         self._last_view = 0.0
         self._db = JournaledTables(path, TABLES, self._index, self._reset_index, list_key=_legacy_id)
+        self._init_audit(path)
 
     @property
     def t(self) -> dict[str, dict[str, Any]]:
@@ -127,7 +140,7 @@ class JsonStore(JsonFactors, JsonVisitors):
             if normalize_username(username) in self._by_name or not self._by_key.keys().isdisjoint(keys):
                 raise UsernameTaken(username)
             user_id = str(uuid.uuid4())
-            user = User(user_id, username, password_hash)
+            user = User(user_id, username, password_hash, created_at=time.time())
             doc = user_doc(user)
             changes: list[Change] = [("users", user_id, doc)]
             if merge_from:
@@ -154,13 +167,19 @@ class JsonStore(JsonFactors, JsonVisitors):
                 break
         return self._users.get(user_id) if user_id else None
 
-    async def list_users(self, limit: int, after: str | None = None) -> list[User]:
+    async def list_users(self, limit: int, after: str | None = None, prefix: str | None = None) -> list[User]:
         """Up to ``limit`` users ordered by normalised username, from just after ``after`` (a
-        normalised username): O(log n + limit), from an index kept sorted as users change."""
+        normalised username), only names starting with ``prefix`` if given: O(log n + limit),
+        from an index kept sorted as users change (the names with a prefix are adjacent in it)."""
         self._db.refresh()
         if self._sorted_names is None:
             self._sorted_names = SortedList(self._by_name)
-        names = self._sorted_names.irange(minimum=after, inclusive=(after is None, True))
+        if prefix and (after is None or after < prefix):
+            names = self._sorted_names.irange(minimum=prefix)
+        else:
+            names = self._sorted_names.irange(minimum=after, inclusive=(after is None, True))
+        if prefix:
+            names = takewhile(lambda name: name.startswith(prefix), names)
         return [self._users[self._by_name[name]] for name in islice(names, limit)]
 
     async def delete_user(self, user_id: str) -> bool:
@@ -184,7 +203,8 @@ class JsonStore(JsonFactors, JsonVisitors):
         return self._users.get(user_id) if session is not None and session["user_id"] == user_id else None
 
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
-                             expires_at: float, grace: float = 0, max_age: float | None = None) -> Rotation | None:
+                             expires_at: float, grace: float = 0, max_age: float | None = None, *,
+                             client: str | None = None, user_agent: str | None = None) -> Rotation | None:
         """Swap the session's refresh token (compare-and-set on the current ``jti``). The one it
         replaced, presented again within ``grace`` seconds (two tabs refreshing at once), gets the
         current one back; any other spent one (reuse: stolen) ends the session, and so does a
@@ -199,7 +219,9 @@ class JsonStore(JsonFactors, JsonVisitors):
             if max_age is not None and now - session.get("created_at", float("-inf")) > max_age:
                 return None, [("sessions", session_id, None)]
             if session["jti"] == old_jti:
-                doc = {**session, "jti": new_jti, "expires_at": expires_at, "prev_jti": old_jti, "rotated_at": now}
+                doc = {**session, "jti": new_jti, "expires_at": expires_at, "prev_jti": old_jti, "rotated_at": now,
+                       "last_used_at": now, "client": client or session.get("client"),
+                       "user_agent": user_agent or session.get("user_agent")}
                 return Rotation(new_jti, expires_at), [("sessions", session_id, doc)]
             if grace and session.get("prev_jti") == old_jti and now - session.get("rotated_at", 0) < grace:
                 return Rotation(session["jti"], session["expires_at"]), []
@@ -207,8 +229,24 @@ class JsonStore(JsonFactors, JsonVisitors):
 
         return await self._transact(tx)
 
-    async def end_session(self, session_id: str) -> None:
-        await self._transact(lambda: (None, [("sessions", session_id, None)] if session_id in self.t["sessions"] else []))
+    async def list_sessions(self, user_id: str) -> list[SessionView]:
+        """The account's live sessions, newest first (a session older than these fields: ``None``s)."""
+        self._db.refresh()
+        now = time.time()
+        sessions = [SessionView(sid, s.get("created_at"), s.get("last_used_at", s.get("created_at")), s["expires_at"],
+                                s.get("client"), s.get("user_agent"))
+                    for sid, s in self.t["sessions"].items() if s["user_id"] == user_id and s["expires_at"] >= now]
+        return sorted(sessions, key=lambda s: (s.created_at or 0.0, s.id), reverse=True)
+
+    async def end_session(self, session_id: str, user_id: str | None = None) -> bool:
+        """End the session (only if it is ``user_id``'s, when given); whether one ended."""
+        def tx() -> tuple[bool, list[Change]]:
+            session = self.t["sessions"].get(session_id)
+            if session is None or (user_id is not None and session["user_id"] != user_id):
+                return False, []
+            return True, [("sessions", session_id, None)]
+
+        return await self._transact(tx)
 
     async def end_all_sessions(self, user_id: str) -> None:
         """Every session of the account, and every device token: "log out everywhere"."""
@@ -286,10 +324,11 @@ class JsonStore(JsonFactors, JsonVisitors):
             changes: list[Change] = []
             if rules.max_failures:
                 pair = pair_attempt(rows.get(pair_key, {}).get("at", []), rules, now)
-                changes.append(("login_failures", pair_key, {"at": pair.at, "until": pair.until}))
+                changes.append(("login_failures", pair_key, {"at": pair.at, "until": pair.until, "name": name_key}))
             if rules.max_failures_per_account:
                 account = account_attempt(rows.get(account_key, {}).get("at", []), rules, now, proven)
-                changes.append(("login_failures", account_key, {"at": account.at, "until": account.until}))
+                changes.append(("login_failures", account_key, {"at": account.at, "until": account.until,
+                                                                "name": name_key}))
             return Attempt(now, name_key, client), changes
 
         return await self._transact(tx)
@@ -310,10 +349,12 @@ class JsonStore(JsonFactors, JsonVisitors):
         return [] if failures is None or row is None else [(table, key, {**row, "at": failures})]
 
     async def complete_login(self, user: User, attempt: Attempt, refresh_jti: str, expires_at: float,
-                             merge_from: str | None = None, new_device: Device | None = None) -> str:
+                             merge_from: str | None = None, new_device: Device | None = None,
+                             user_agent: str | None = None) -> str:
         """One transaction: forget the failures ``_forget_failures`` says, move a visitor's data
-        in, keep a new device token, start a session. Failures from other addresses still count:
-        a login of the owner does not reset a distributed guess."""
+        in, keep a new device token, start a session, note the login on the account
+        (``last_login_at``). Failures from other addresses still count: a login of the owner does
+        not reset a distributed guess."""
         session_id = uuid.uuid4().hex
 
         def tx() -> tuple[str, list[Change]]:
@@ -325,10 +366,26 @@ class JsonStore(JsonFactors, JsonVisitors):
             if new_device is not None:
                 changes.append(("devices", new_device.key, {"user_id": user.id, "expires_at": new_device.expires_at,
                                                             "at": [], "created_at": time.time()}))
-            doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at, "created_at": time.time()}
-            return session_id, [*changes, ("sessions", session_id, doc)]
+            now = time.time()
+            doc = {"user_id": user.id, "jti": refresh_jti, "expires_at": expires_at, "created_at": now,
+                   "last_used_at": now, "client": attempt.client, "user_agent": user_agent}
+            account = {**self.t["users"][user.id], "last_login_at": now}
+            return session_id, [*changes, ("users", user.id, account), ("sessions", session_id, doc)]
 
         return await self._transact(tx)
+
+    async def unlock(self, name_key: str, user_id: str) -> None:
+        """Forget every failure counted against the name (every address's, and the account's
+        own counter) and on the account's device tokens."""
+        def tx() -> tuple[None, list[Change]]:
+            _, account_key = failure_keys(name_key, "")
+            changes: list[Change] = [("login_failures", k, None) for k, v in self.t["login_failures"].items()
+                                     if k == account_key or v.get("name") == name_key]
+            changes += [("devices", k, {**v, "at": []}) for k, v in self.t["devices"].items()
+                        if v["user_id"] == user_id and v.get("at")]
+            return None, changes
+
+        await self._transact(tx)
 
     async def reset_login_failures(self, attempt: Attempt) -> None:
         """After a successful re-authentication: what ``complete_login`` forgets, without a session."""

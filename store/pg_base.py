@@ -78,7 +78,7 @@ SENT_AT = "s:@"
 TABLES = ("users", "username_keys", "anonymous", "cart_items", "history", "favourites", "preferences", "sessions",
           "device_tokens", "spent_challenges", "passkeys", "webauthn_challenges", "mfa_tokens", "totp_steps",
           "recovery_codes",
-          "login_failures", "anonymous_logins", "request_counts", "upgraded")
+          "login_failures", "anonymous_logins", "request_counts", "upgraded", "audit_events")
 
 
 def _owner(owner: str) -> tuple[str, str | None, str | None]:

@@ -14,10 +14,11 @@ import metrics
 from models import normalize_username
 from usernames import lookalike_keys
 
+from .pg_audit import PgAudit
 from .pg_base import CACHE_SECONDS, U_COLUMNS, USER_COLUMNS, _locked, _Tx, _user
 from .pg_factors import PgFactors
 from .pg_visitors import PgVisitors
-from .records import Attempt, Device, Lockout, Rotation, UnknownOwner, User, UsernameTaken, user_doc
+from .records import Attempt, Device, Lockout, Rotation, SessionView, UnknownOwner, User, UsernameTaken, user_doc
 from .rules import (
     UPGRADE_MEMORY,
     account_attempt,
@@ -29,13 +30,13 @@ from .rules import (
 )
 
 
-class PostgresStore(PgFactors, PgVisitors):
+class PostgresStore(PgFactors, PgVisitors, PgAudit):
     # -- accounts ---------------------------------------------------------------------------------
 
     async def add_user(self, username: str, password_hash: str, merge_from: str | None = None) -> User:
         async def tx(t: _Tx) -> User:
             user_id = str(uuid.uuid4())
-            user = User(user_id, username, password_hash)
+            user = User(user_id, username, password_hash, created_at=time.time())
             doc = user_doc(user)
             inserted = await t.conn.fetchval(
                 f"INSERT INTO users (name_key, {USER_COLUMNS}) VALUES ($1, {_placeholders(2, len(doc))}) "
@@ -84,11 +85,15 @@ class PostgresStore(PgFactors, PgVisitors):
             "WHERE k.key = ANY($2::text[]) LIMIT 1", normalize_username(username), list(lookalike_keys(username))))
         return _user(row) if row else None
 
-    async def list_users(self, limit: int, after: str | None = None) -> list[User]:
-        """Ordered by normalised username (``COLLATE "C"``: code points, as JsonStore's index)."""
+    async def list_users(self, limit: int, after: str | None = None, prefix: str | None = None) -> list[User]:
+        """Ordered by normalised username (``COLLATE "C"``: code points, as JsonStore's index); a
+        ``prefix`` is a ``LIKE`` pattern with its wildcards escaped, a range scan of the index."""
+        if (after and "\0" in after) or (prefix and "\0" in prefix):
+            return []  # no name holds a NUL, and PostgreSQL text cannot
+        pattern = _like_prefix(prefix) if prefix else None
         rows = await self._read(lambda c: c.fetch(
-            f"SELECT {USER_COLUMNS} FROM users WHERE $1::text IS NULL OR name_key > $1 "
-            "ORDER BY name_key LIMIT $2", after, limit))
+            f"SELECT {USER_COLUMNS} FROM users WHERE ($1::text IS NULL OR name_key > $1) "
+            "AND ($3::text IS NULL OR name_key LIKE $3) ORDER BY name_key LIMIT $2", after, limit, pattern))
         return [_user(r) for r in rows]
 
     async def delete_user(self, user_id: str) -> bool:
@@ -156,7 +161,8 @@ class PostgresStore(PgFactors, PgVisitors):
         return user
 
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
-                             expires_at: float, grace: float = 0, max_age: float | None = None) -> Rotation | None:
+                             expires_at: float, grace: float = 0, max_age: float | None = None, *,
+                             client: str | None = None, user_agent: str | None = None) -> Rotation | None:
         """As ``JsonStore.rotate_session``: compare-and-set on the current ``jti`` under a row lock."""
         async def tx(t: _Tx) -> Rotation | None:
             now = time.time()
@@ -169,8 +175,10 @@ class PostgresStore(PgFactors, PgVisitors):
             created = s["created_at"] if s["created_at"] is not None else float("-inf")
             if not (max_age is not None and now - created > max_age):
                 if s["jti"] == old_jti:
-                    await t.conn.execute("UPDATE sessions SET jti = $2, expires_at = $3, prev_jti = $4, rotated_at = $5 "
-                                         "WHERE id = $1", session_id, new_jti, expires_at, old_jti, now)
+                    await t.conn.execute(
+                        "UPDATE sessions SET jti = $2, expires_at = $3, prev_jti = $4, rotated_at = $5, last_used_at = $5, "
+                        "client = coalesce($6, client), user_agent = coalesce($7, user_agent) WHERE id = $1",
+                        session_id, new_jti, expires_at, old_jti, now, client, user_agent)
                     return Rotation(new_jti, expires_at)
                 if grace and s["prev_jti"] == old_jti and now - (s["rotated_at"] or 0) < grace:
                     return Rotation(s["jti"], s["expires_at"])
@@ -180,12 +188,23 @@ class PostgresStore(PgFactors, PgVisitors):
 
         return await self._transact(tx)
 
-    async def end_session(self, session_id: str) -> None:
-        async def tx(t: _Tx) -> None:
-            if await t.conn.fetchval("DELETE FROM sessions WHERE id = $1 RETURNING id", session_id):
-                t.revoke("s:" + session_id)
+    async def list_sessions(self, user_id: str) -> list[SessionView]:
+        rows = await self._read(lambda c: c.fetch(
+            "SELECT id, created_at, coalesce(last_used_at, created_at) AS last_used_at, expires_at, client, user_agent "
+            "FROM sessions WHERE user_id = $1 AND expires_at >= $2 ORDER BY coalesce(created_at, 0) DESC, id DESC",
+            user_id, time.time()))
+        return [SessionView(r["id"], r["created_at"], r["last_used_at"], r["expires_at"], r["client"], r["user_agent"])
+                for r in rows]
 
-        await self._transact(tx)
+    async def end_session(self, session_id: str, user_id: str | None = None) -> bool:
+        async def tx(t: _Tx) -> bool:
+            if await t.conn.fetchval("DELETE FROM sessions WHERE id = $1 AND ($2::text IS NULL OR user_id = $2) "
+                                     "RETURNING id", session_id, user_id):
+                t.revoke("s:" + session_id)
+                return True
+            return False
+
+        return await self._transact(tx)
 
     async def end_all_sessions(self, user_id: str) -> None:
         async def tx(t: _Tx) -> None:
@@ -211,11 +230,11 @@ class PostgresStore(PgFactors, PgVisitors):
             if rules.max_failures:
                 row = await _locked(t.conn, "login_failures", pair_key, "at", now)
                 pair = pair_attempt(list(row["at"]), rules, now)
-                await _put_failures(t.conn, pair_key, pair.at, pair.until)
+                await _put_failures(t.conn, pair_key, pair.at, pair.until, name_key)
             if rules.max_failures_per_account:
                 row = await _locked(t.conn, "login_failures", account_key, "at", now)
                 account = account_attempt(list(row["at"]), rules, now, proven)
-                await _put_failures(t.conn, account_key, account.at, account.until)
+                await _put_failures(t.conn, account_key, account.at, account.until, name_key)
             return Attempt(now, name_key, client)
 
         return await self._transact(tx)
@@ -231,7 +250,11 @@ class PostgresStore(PgFactors, PgVisitors):
         await self._transact(tx)
 
     async def complete_login(self, user: User, attempt: Attempt, refresh_jti: str, expires_at: float,
-                             merge_from: str | None = None, new_device: Device | None = None) -> str:
+                             merge_from: str | None = None, new_device: Device | None = None,
+                             user_agent: str | None = None) -> str:
+        """As ``JsonStore.complete_login``. ``last_login_at`` is written without a ``NOTIFY`` (a
+        login would otherwise drop every host's cached sessions of the account): a cached copy
+        of the account may show the previous one for up to ``CACHE_SECONDS``."""
         session_id = uuid.uuid4().hex
 
         async def tx(t: _Tx) -> str:
@@ -244,11 +267,22 @@ class PostgresStore(PgFactors, PgVisitors):
             if new_device is not None:
                 await t.conn.execute("INSERT INTO device_tokens (key, user_id, expires_at, created_at) "
                                      "VALUES ($1, $2, $3, $4)", new_device.key, user.id, new_device.expires_at, now)
-            await t.conn.execute("INSERT INTO sessions (id, user_id, jti, expires_at, created_at) "
-                                 "VALUES ($1, $2, $3, $4, $5)", session_id, user.id, refresh_jti, expires_at, now)
+            await t.conn.execute("INSERT INTO sessions (id, user_id, jti, expires_at, created_at, last_used_at, client, "
+                                 "user_agent) VALUES ($1, $2, $3, $4, $5, $5, $6, $7)", session_id, user.id,
+                                 refresh_jti, expires_at, now, attempt.client.replace("\0", ""),
+                                 user_agent.replace("\0", "") if user_agent else None)
+            await t.conn.execute("UPDATE users SET last_login_at = $2 WHERE id = $1", user.id, now)
             return session_id
 
         return await self._transact(tx)
+
+    async def unlock(self, name_key: str, user_id: str) -> None:
+        async def tx(t: _Tx) -> None:
+            _, account_key = failure_keys(name_key, "")
+            await t.conn.execute("DELETE FROM login_failures WHERE name_key = $1 OR key = $2", name_key, account_key)
+            await t.conn.execute("UPDATE device_tokens SET at = '{}' WHERE user_id = $1 AND at <> '{}'", user_id)
+
+        await self._transact(tx)
 
     async def reset_login_failures(self, attempt: Attempt) -> None:
         await self._transact(lambda t: _forget_failures(t.conn, attempt))
@@ -298,8 +332,14 @@ class PostgresStore(PgFactors, PgVisitors):
         await self._transact(tx)
 
 
-async def _put_failures(conn: asyncpg.Connection, key: str, at: list[float], until: float) -> None:
-    await conn.execute("UPDATE login_failures SET at = $2, until = $3 WHERE key = $1", key, at, until)
+async def _put_failures(conn: asyncpg.Connection, key: str, at: list[float], until: float, name_key: str) -> None:
+    await conn.execute("UPDATE login_failures SET at = $2, until = $3, name_key = $4 WHERE key = $1",
+                       key, at, until, name_key)
+
+
+def _like_prefix(prefix: str) -> str:
+    """A ``LIKE`` pattern for names starting with ``prefix``: its ``\\``, ``%`` and ``_`` taken literally."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 async def _uncount(conn: asyncpg.Connection, table: str, key: str, attempt: float) -> None:

@@ -66,12 +66,13 @@ async def import_json(url: str, path: Path) -> dict[str, int]:
         counts = dict.fromkeys(("users", "anonymous", "sessions", "cart_items", "history", "favourites", "preferences",
                                 "login_failures", "anonymous_logins", "request_counts", "upgraded", "device_tokens",
                                 "spent_challenges", "passkeys", "webauthn_challenges", "mfa_tokens", "totp_steps",
-                                "recovery_codes", "skipped"), 0)
+                                "recovery_codes", "audit_events", "skipped"), 0)
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
         await _init_connection(conn)
         try:
             async with conn.transaction():
                 await _import_tables(conn, tables, counts)
+                await _import_audit(conn, source, counts)
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, ALL)
         finally:
             await conn.close()
@@ -110,12 +111,13 @@ async def _import_tables(conn: asyncpg.Connection, t: dict[str, dict[str, Any]],
             counts["skipped"] += 1
             continue
         await conn.execute(
-            "INSERT INTO sessions (id, user_id, jti, expires_at, created_at, prev_jti, rotated_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
-            "jti = excluded.jti, expires_at = excluded.expires_at, created_at = excluded.created_at, "
-            "prev_jti = excluded.prev_jti, rotated_at = excluded.rotated_at",
+            "INSERT INTO sessions (id, user_id, jti, expires_at, created_at, prev_jti, rotated_at, last_used_at, client, "
+            "user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO UPDATE SET "
+            "user_id = excluded.user_id, jti = excluded.jti, expires_at = excluded.expires_at, "
+            "created_at = excluded.created_at, prev_jti = excluded.prev_jti, rotated_at = excluded.rotated_at, "
+            "last_used_at = excluded.last_used_at, client = excluded.client, user_agent = excluded.user_agent",
             session_id, s["user_id"], s["jti"], s["expires_at"], s.get("created_at"), s.get("prev_jti"),
-            s.get("rotated_at"))
+            s.get("rotated_at"), s.get("last_used_at"), s.get("client"), s.get("user_agent"))
         counts["sessions"] += 1
     for table in ("carts", "history", "favourites", "preferences"):
         for owner, value in t[table].items():
@@ -125,9 +127,9 @@ async def _import_tables(conn: asyncpg.Connection, t: dict[str, dict[str, Any]],
             await _import_owned(conn, table, owner, value, counts)
     for key, doc in t["login_failures"].items():
         await conn.execute(
-            "INSERT INTO login_failures (key, at, until) VALUES ($1, $2, $3) "
-            "ON CONFLICT (key) DO UPDATE SET at = excluded.at, until = excluded.until",
-            _nul_free(key), [float(x) for x in doc.get("at", [])], doc["until"])
+            "INSERT INTO login_failures (key, at, until, name_key) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (key) DO UPDATE SET at = excluded.at, until = excluded.until, name_key = excluded.name_key",
+            _nul_free(key), [float(x) for x in doc.get("at", [])], doc["until"], doc.get("name"))
         counts["login_failures"] += 1
     for key, doc in t["devices"].items():  # of accounts that were imported
         status = await conn.execute(
@@ -160,6 +162,17 @@ async def _import_tables(conn: asyncpg.Connection, t: dict[str, dict[str, Any]],
                            "(anonymous_id) DO UPDATE SET user_id = excluded.user_id, at = excluded.at",
                            visitor_id, doc["user_id"], doc["at"])
         counts["upgraded"] += 1
+
+
+async def _import_audit(conn: asyncpg.Connection, source: Any, counts: dict[str, int]) -> None:
+    """The JSON store's audit log (its ``.audit`` directory), every event kept; ids are unique, so
+    a second import adds nothing."""
+    events = await source.list_audit(10**9)
+    await conn.executemany(
+        "INSERT INTO audit_events (id, at, type, user_id, username, client, user_agent, detail) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        [(e.id, e.at, e.type, e.user_id, e.username, e.client, e.user_agent, e.detail) for e in events])
+    counts["audit_events"] = len(events)
 
 
 async def _import_factors(conn: asyncpg.Connection, t: dict[str, dict[str, Any]], users: set[str],

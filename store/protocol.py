@@ -9,7 +9,20 @@ Times are Unix seconds."""
 
 from typing import Any, Protocol
 
-from .records import Attempt, Device, Lockout, MfaTicket, Passkey, Personal, Rotation, User, Visitor, WebAuthnChallenge
+from .records import (
+    Attempt,
+    AuditEvent,
+    Device,
+    Lockout,
+    MfaTicket,
+    Passkey,
+    Personal,
+    Rotation,
+    SessionView,
+    User,
+    Visitor,
+    WebAuthnChallenge,
+)
 
 
 class Lifecycle(Protocol):
@@ -31,13 +44,14 @@ class AccountStore(Protocol):
     way to change an account's attributes (``records.User``'s fields but ``id`` and ``username``;
     ``ValueError`` for others); it returns the account as it now is, and every worker and host
     stops serving the old one. ``change_password`` also ends every other session and every
-    device token of the account."""
+    device token of the account. ``list_users`` pages by normalised username; with ``prefix`` (a
+    normalised one) only the names that start with it, still without a scan."""
 
     async def add_user(self, username: str, password_hash: str, merge_from: str | None = None) -> User: ...
     async def get_user(self, user_id: str) -> User | None: ...
     async def find_user(self, username: str) -> User | None: ...
     async def find_lookalike(self, username: str) -> User | None: ...
-    async def list_users(self, limit: int, after: str | None = None) -> list[User]: ...
+    async def list_users(self, limit: int, after: str | None = None, prefix: str | None = None) -> list[User]: ...
     async def delete_user(self, user_id: str) -> bool: ...
     async def update_user(self, user_id: str, **changes: Any) -> User | None: ...
     async def change_password(self, user_id: str, password_hash: str, keep_session: str | None) -> bool: ...
@@ -48,12 +62,17 @@ class SessionStore(Protocol):
     session (``None`` once it ended, its account was deleted, or it names another account);
     ``rotate_session`` swaps its refresh ``jti`` (compare-and-set: the spent one again within
     ``grace`` seconds gets the current one back; any other reuse, or a session older than
-    ``max_age``, ends it). ``end_all_sessions`` also revokes the account's device tokens."""
+    ``max_age``, ends it; a rotation also notes ``last_used_at`` and the ``client`` and
+    ``user_agent`` given). ``end_all_sessions`` also revokes the account's device tokens.
+    ``list_sessions`` answers an account's live sessions, newest first; ``end_session`` with a
+    ``user_id`` ends the session only if it is that account's, and says whether one ended."""
 
     async def session_user(self, session_id: str, user_id: str) -> User | None: ...
     async def rotate_session(self, session_id: str, user_id: str, old_jti: str, new_jti: str,
-                             expires_at: float, grace: float = 0, max_age: float | None = None) -> Rotation | None: ...
-    async def end_session(self, session_id: str) -> None: ...
+                             expires_at: float, grace: float = 0, max_age: float | None = None, *,
+                             client: str | None = None, user_agent: str | None = None) -> Rotation | None: ...
+    async def list_sessions(self, user_id: str) -> list[SessionView]: ...
+    async def end_session(self, session_id: str, user_id: str | None = None) -> bool: ...
     async def end_all_sessions(self, user_id: str) -> None: ...
 
 
@@ -64,13 +83,18 @@ class ThrottleStore(Protocol):
     token of ``user_id`` counts on the device alone); ``give_back`` takes back one never checked;
     ``complete_login`` starts a session and forgets the pair's failures. ``spend_once`` is true
     the first time only. ``count_requests`` adds each worker's request counts and answers the
-    totals; ``prune`` drops what has expired."""
+    totals; ``prune`` drops what has expired. ``complete_login`` also sets the account's
+    ``last_login_at`` and notes the session's client (``attempt.client``) and ``user_agent``.
+    ``unlock`` forgets every failure counted against the name (all addresses, the account's own
+    counter) and on the account's device tokens: an administrator's "unlock"."""
 
     async def begin_login(self, name_key: str, client: str, rules: Lockout, *, user_id: str | None = None,
                           device: str | None = None, proven: bool = False) -> Attempt: ...
     async def give_back(self, attempt: Attempt) -> None: ...
     async def complete_login(self, user: User, attempt: Attempt, refresh_jti: str, expires_at: float,
-                             merge_from: str | None = None, new_device: Device | None = None) -> str: ...
+                             merge_from: str | None = None, new_device: Device | None = None,
+                             user_agent: str | None = None) -> str: ...
+    async def unlock(self, name_key: str, user_id: str) -> None: ...
     async def reset_login_failures(self, attempt: Attempt) -> None: ...
     async def spend_once(self, key: str, expires_at: float) -> bool: ...
     async def count_requests(self, counts: dict[str, tuple[int, float]]) -> dict[str, int]: ...
@@ -111,6 +135,19 @@ class PersonalStore(Protocol):
     async def export_user(self, user_id: str) -> dict[str, Any] | None: ...
 
 
+class AuditStore(Protocol):
+    """The audit log (audit.py): security events, kept durably and read newest first.
+    ``record_audit`` appends a batch (the auditor calls it about once a second, not per request);
+    ``list_audit`` answers up to ``limit`` events older than the event id ``before``, newest first,
+    of one account and/or one type if asked; ``prune_audit`` drops events older than ``before``
+    (Unix seconds; the JSON backend drops whole days) and answers how many it dropped, if known."""
+
+    async def record_audit(self, events: list[AuditEvent]) -> None: ...
+    async def list_audit(self, limit: int, before: str | None = None, user_id: str | None = None,
+                         type: str | None = None) -> list[AuditEvent]: ...
+    async def prune_audit(self, before: float) -> int: ...
+
+
 class FactorStore(Protocol):
     """What proves an account besides its password (factors.py): passkeys, the WebAuthn challenges
     handed out for them, the state of a login waiting for its second factor, and the TOTP factor's
@@ -148,5 +185,6 @@ class FactorStore(Protocol):
     async def use_recovery_code(self, user_id: str, code_hash: str) -> bool: ...
 
 
-class Store(Lifecycle, AccountStore, SessionStore, ThrottleStore, VisitorStore, PersonalStore, FactorStore, Protocol):
+class Store(Lifecycle, AccountStore, SessionStore, ThrottleStore, VisitorStore, PersonalStore, FactorStore, AuditStore,
+            Protocol):
     """What routes and dependencies use; ``build_store`` picks the backend."""

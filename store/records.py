@@ -15,9 +15,10 @@ from typing import Any
 
 from journal import StoreError
 
-__all__ = ["SECRET", "USER_FIELDS", "Attempt", "ChallengeRequired", "Device", "Failures", "Lockout", "MfaTicket",
-           "Passkey", "Personal", "RateLimited", "Rotation", "StoreError", "StoreUnavailable", "UnknownOwner", "User",
-           "UsernameTaken", "Visitor", "WebAuthnChallenge", "public_profile", "user_doc", "user_from_doc"]
+__all__ = ["SECRET", "USER_FIELDS", "Attempt", "AuditEvent", "ChallengeRequired", "Device", "Failures", "Lockout",
+           "MfaTicket", "Passkey", "Personal", "RateLimited", "Rotation", "SessionView", "StoreError", "StoreUnavailable",
+           "UnknownOwner", "User", "UsernameTaken", "Visitor", "WebAuthnChallenge", "public_profile", "user_doc",
+           "user_from_doc"]
 
 SECRET = {"secret": True}  # field metadata: never in an answer, the export or a log
 
@@ -48,6 +49,10 @@ class User:
     id: str
     username: str
     password: str = field(metadata=SECRET)  # the bcrypt hash
+    is_admin: bool = False  # may use the /admin/ routes (routers/admin.py)
+    disabled: bool = False  # by an administrator: no login (403), every token refused
+    created_at: float | None = None  # registration; None for an account made before this field
+    last_login_at: float | None = None  # the last login that started a session (complete_login)
     totp_enabled: bool = False  # a TOTP second factor is on (factors.py): a password alone no longer logs in
     totp_secret: str | None = field(default=None, metadata=SECRET)  # encrypted; set and not enabled: pending
 
@@ -145,6 +150,35 @@ class Failures:
 
     at: list[float]
     until: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """A login session as its owner sees it (``GET /users/me/sessions``): never its refresh ``jti``.
+    ``client`` (``deps.client_address``) and ``user_agent`` are the last login's or refresh's;
+    ``None`` for a session made before sessions recorded them."""
+
+    id: str
+    created_at: float | None
+    last_used_at: float | None
+    expires_at: float
+    client: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One security event (audit.py). ``id`` sorts by time (``audit.event_id``), so it is also the
+    paging cursor; ``detail`` is small and type-specific (never a password, hash or token)."""
+
+    id: str
+    at: float
+    type: str
+    user_id: str | None
+    username: str | None
+    client: str | None
+    user_agent: str | None
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -214,12 +214,18 @@ def bearer(token: str) -> dict[str, str]:
 # The whole shapes of the answers many tests read, pinned here once: a field added to one of them
 # is one edit here, not one per test that happens to compare a whole body.
 
-def assert_account(body: object, username: str, id: str | None = None) -> None:
-    """An account as the API shows it: ``POST /users/register``, ``GET /users/me``, each entry of
-    ``GET /users/list`` and the export's ``profile``."""
-    assert isinstance(body, dict) and set(body) == {"id", "username"}, body
+OWN_FIELDS = {"is_admin", "disabled", "created_at", "last_login_at"}  # what only its owner (and admins) see
+
+
+def assert_account(body: object, username: str, id: str | None = None, own: bool = False) -> None:
+    """An account as the API shows it: ``POST /users/register`` and each entry of ``GET /users/list``;
+    with ``own``, as its owner sees it (``GET /users/me``, the export's ``profile``; ``AccountOut``)."""
+    assert isinstance(body, dict) and set(body) == {"id", "username"} | (OWN_FIELDS if own else set()), body
     assert body["username"] == username, body
     assert isinstance(body["id"], str) and body["id"] and body["id"] == (id or body["id"]), body
+    if own:
+        assert isinstance(body["is_admin"], bool) and isinstance(body["disabled"], bool), body
+        assert all(body[k] is None or isinstance(body[k], float) for k in ("created_at", "last_login_at")), body
 
 
 def assert_login_answer(body: object, expires_in: int = 30 * 60) -> None:
@@ -245,7 +251,7 @@ def assert_export(body: object, username: str) -> None:
     """``GET /users/me/data``: everything kept about the account, and nothing else."""
     assert isinstance(body, dict) and set(body) == {"profile", "cart", "history", "favourites", "preferences",
                                                     "sessions", "totp_enabled", "passkeys"}, body
-    assert_account(body["profile"], username)
+    assert_account(body["profile"], username, own=True)
     assert isinstance(body["totp_enabled"], bool), body
     assert all(set(p) == {"id", "name", "created_at", "last_used_at"} for p in body["passkeys"]), body
     assert set(body["preferences"]) == {"sort", "theme"}, body

@@ -36,6 +36,8 @@ ROWS = [
     ("item_view_over_health", "GET /items/{id} (a view) ÷ GET /health, req/s, same server"),
     ("items_history_over_health", "GET /items/ with a full history ÷ GET /health, req/s, same server"),
     ("metrics_cost", "GET /users/me req/s, metrics on ÷ off"),
+    ("audit_me_over_health", "GET /users/me ÷ GET /health, req/s, audit log being written"),
+    ("audit_login_p99", "POST login p99, one client, audit log on ÷ off"),
     ("pg_me_over_health", "PostgreSQL: GET /users/me ÷ GET /health, req/s, same server"),
     ("pg_ours_over_peer", "PostgreSQL: GET /users/me req/s, ours ÷ peer (SQLAlchemy + asyncpg)"),
     ("pg_revocation_p99_ms", "PostgreSQL: revocation delay, logout on one instance → 401 on another, p99 ms"),
@@ -73,7 +75,7 @@ def test_quick_bench_prints_every_row_and_writes_every_key(tmp_path: Path) -> No
     assert {"python", "fastapi", "uvicorn", "pydantic", "pyjwt", "bcrypt", "peer fastapi-users"} <= (
         doc["meta"]["versions"].keys())
     assert {"sizes", "extras", "personal", "metrics_off_me", "rss_kib", "startup_seconds", "storm", "abuse", "register",
-            "postgres"} <= doc["ours"].keys()
+            "postgres", "audit"} <= doc["ours"].keys()
     pg = doc["ours"]["postgres"]  # the PostgreSQL rows were measured (make test starts PostgreSQL)
     assert isinstance(pg, dict), pg
     assert {"health", "me", "peer_me", "revocation_ms", "register"} <= pg.keys()

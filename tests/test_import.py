@@ -78,7 +78,10 @@ async def test_a_json_store_imported_twice_gives_the_same_database_and_its_users
             assert (await client.login(name, "not-the-password")).status_code == 401, name
         me = await client.get("/users/me", headers=bearer(alice["token"]))  # a token issued by the JSON store
         assert me.status_code == 200
-        assert_account(me.json(), "alice", alice_id)
+        assert_account(me.json(), "alice", alice_id, own=True)
+        assert me.json()["created_at"] is not None and me.json()["is_admin"] is False  # every attribute copied
+        registered = await client.app.state.store.list_audit(100, type="register")  # type: ignore[attr-defined]
+        assert "alice" in {e.username for e in registered}  # the JSON store's audit log came along
         cart = await client.get("/cart", headers=bearer(alice["token"]))
         assert cart.json() == {"items": [{"item_id": 3, "quantity": 2}]}
         assert (await client.get("/cart", headers=bearer(visitor))).json() == {"items": [{"item_id": 5, "quantity": 1}]}

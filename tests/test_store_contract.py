@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -14,6 +14,7 @@ from settings import Settings
 from store import (
     USER_FIELDS,
     Attempt,
+    AuditEvent,
     ChallengeRequired,
     Device,
     Lockout,
@@ -86,7 +87,7 @@ async def test_update_user_is_the_one_way_to_change_an_account(store: Store, sec
     user = await store.add_user("marko", "old-hash")
     assert await second.get_user(user.id) == user  # cached on the other host now
     updated = await store.update_user(user.id, password="new-hash")
-    assert updated == User(user.id, "marko", "new-hash")
+    assert updated == replace(user, password="new-hash") and user.created_at is not None
 
     async def seen() -> bool:
         return await second.get_user(user.id) == updated
@@ -129,7 +130,7 @@ async def test_deleting_an_account_ends_all_it_owns(store: Store) -> None:
 async def test_a_session_rotates_by_compare_and_set(store: Store) -> None:
     user = await store.add_user("marko", "h")
     sid = await store.complete_login(user, Attempt(time.time(), "k", "10.0.0.1"), "j1", time.time() + 60)
-    assert await store.session_user(sid, user.id) == user
+    assert await store.session_user(sid, user.id) == replace(user, last_login_at=(await store.get_user(user.id)).last_login_at)  # type: ignore[union-attr]
     assert await store.session_user(sid, "someone-else") is None
     rotated = await store.rotate_session(sid, user.id, "j1", "j2", time.time() + 60, grace=10)
     assert rotated is not None and rotated.jti == "j2"
@@ -143,6 +144,7 @@ async def test_ending_sessions_is_seen_by_every_host(store: Store, second: Store
     user = await store.add_user("marko", "h")
     one, two = [await store.complete_login(user, Attempt(time.time(), "k", "a"), f"j{i}", time.time() + 60)
                 for i in range(2)]
+    user = await store.get_user(user.id)  # type: ignore[assignment]  # with its last_login_at
     assert await second.session_user(one, user.id) == user  # cached there
     await store.end_session(one)
 
@@ -282,6 +284,103 @@ async def test_idle_visitors_are_purged(store: Store) -> None:
     assert await store.purge_anonymous(0.01) == 1
     assert not await store.anonymous_exists(visitor)
     assert await store.get_cart(visitor) == {}
+
+
+# -- issue 20: accounts by prefix, each user's sessions, unlocking, the audit log -------------------
+
+
+async def test_listing_by_prefix_pages_in_order(store: Store) -> None:
+    for name in ("al_x", "alb", "Ala", "alpha", "bob", "a%b", "al"):
+        await store.add_user(name, "h")
+
+    async def names(limit: int, after: str | None = None, prefix: str | None = None) -> list[str]:
+        return [u.username for u in await store.list_users(limit, after=after, prefix=prefix)]
+
+    assert await names(10, prefix="al") == ["al", "al_x", "Ala", "alb", "alpha"]
+    assert await names(10, prefix="al_") == ["al_x"]  # `_` and `%` are letters, not wildcards
+    assert await names(10, prefix="a%") == ["a%b"]
+    assert await names(2, after="al_x", prefix="al") == ["Ala", "alb"]
+    assert await names(10, after="ak", prefix="al") == ["al", "al_x", "Ala", "alb", "alpha"]
+    assert await names(10, after="zz", prefix="al") == [] and await names(10, prefix="c") == []
+
+
+async def test_an_account_s_sessions_are_listed_and_ended_by_their_owner(store: Store, second: Store) -> None:
+    user, other = await store.add_user("marko", "h"), await store.add_user("ivana", "h")
+    one = await store.complete_login(user, Attempt(time.time(), "k", "10.0.0.1"), "j1", time.time() + 60,
+                                     user_agent="Laptop")
+    await asyncio.sleep(0.01)
+    two = await store.complete_login(user, Attempt(time.time(), "k", "10.0.0.2"), "j2", time.time() + 60)
+    theirs = await store.complete_login(other, Attempt(time.time(), "k2", "10.0.0.3"), "j3", time.time() + 60)
+    listed = await second.list_sessions(user.id)
+    assert [s.id for s in listed] == [two, one]
+    assert (listed[1].client, listed[1].user_agent, listed[0].user_agent) == ("10.0.0.1", "Laptop", None)
+    assert listed[1].last_used_at == listed[1].created_at
+    assert (await store.get_user(user.id)).last_login_at >= listed[0].created_at  # type: ignore[union-attr,operator]
+    await asyncio.sleep(0.01)
+    assert await store.rotate_session(one, user.id, "j1", "j1b", time.time() + 60, client="10.0.0.9",
+                                      user_agent="Phone") is not None
+    rotated = next(s for s in await store.list_sessions(user.id) if s.id == one)
+    assert rotated.last_used_at > rotated.created_at and (rotated.client, rotated.user_agent) == ("10.0.0.9", "Phone")
+    assert await second.session_user(theirs, other.id) is not None
+    assert not await store.end_session(theirs, user.id)  # another account's: untouched
+    assert await second.session_user(theirs, other.id) is not None
+    assert await second.session_user(one, user.id) is not None  # cached there
+    assert await store.end_session(one, user.id) and not await store.end_session(one, user.id)
+
+    async def ended() -> bool:
+        return await second.session_user(one, user.id) is None
+
+    await eventually(ended)
+    assert [s.id for s in await store.list_sessions(user.id)] == [two]
+
+
+async def test_unlock_forgets_every_failure_of_the_name(store: Store) -> None:
+    rules = Lockout(max_failures=2, max_failures_per_account=5, window=60)
+    user = await store.add_user("marko", "h")
+    await store.complete_login(user, Attempt(time.time(), "k", "a"), "j", time.time() + 60,
+                               new_device=Device("dev", time.time() + 60))
+    for client in ("10.0.0.1", "10.0.0.2"):
+        for _ in range(2):
+            await store.begin_login("name", client, rules)
+        with pytest.raises(RateLimited):  # the pair is full
+            await store.begin_login("name", client, rules)
+    await store.begin_login("name", "10.0.0.3", rules)
+    with pytest.raises(ChallengeRequired):  # and so is the account
+        await store.begin_login("name", "10.0.0.4", rules)
+    for _ in range(2):
+        await store.begin_login("name", "10.0.0.9", rules, user_id=user.id, device="dev")
+    await store.begin_login("other", "10.0.0.1", rules)
+    await store.unlock("name", user.id)
+    for client in ("10.0.0.1", "10.0.0.2", "10.0.0.4"):  # pairs and the account's counter forgotten
+        await store.begin_login("name", client, rules)
+    assert (await store.begin_login("name", "10.0.0.9", rules, user_id=user.id, device="dev")).device == "dev"
+    await store.begin_login("other", "10.0.0.1", rules)  # another name's count stays
+    with pytest.raises(RateLimited):
+        await store.begin_login("other", "10.0.0.1", rules)
+
+
+def event(at: float, type: str = "login", user_id: str | None = "u1", suffix: str = "00000000") -> AuditEvent:
+    return AuditEvent(f"{int(at * 1e6):016x}{suffix}", at, type, user_id, "marko", "10.0.0.1", "UA",
+                      {"count": 2, "request_id": "r"})
+
+
+async def test_the_audit_log_is_read_newest_first_by_every_host(store: Store, second: Store) -> None:
+    now = time.time()
+    events = [event(now - 3, "register"), event(now - 2, "login_failed"), event(now - 1, "login", suffix="0000000a"),
+              event(now - 1, "login", "u2", suffix="0000000b"), event(now - 2 * 86400, "login", suffix="0000000c")]
+    await store.record_audit(events[:2])
+    await store.record_audit(events[2:])
+    await store.record_audit([])
+    assert await second.list_audit(10) == sorted(events, key=lambda e: e.id, reverse=True)
+    newest = sorted(events, key=lambda e: e.id, reverse=True)
+    assert await second.list_audit(2) == newest[:2]
+    assert await second.list_audit(2, before=newest[1].id) == newest[2:4]
+    assert [e.user_id for e in await second.list_audit(10, user_id="u2")] == ["u2"]
+    assert [e.type for e in await second.list_audit(10, type="login_failed")] == ["login_failed"]
+    assert await second.list_audit(10, user_id="u1", type="login", before=events[3].id) == [events[2], events[4]]
+    assert await second.list_audit(10, user_id="nobody") == []
+    assert await store.prune_audit(now - 86400) == 1
+    assert len(await second.list_audit(10)) == 4
 
 
 # -- passkeys and second factors (FactorStore) ------------------------------------------------------

@@ -177,7 +177,7 @@ async def test_dependency_overrides_still_replace_the_check(client: Client) -> N
     try:
         response = await client.get("/users/me")
         assert response.status_code == 200
-        assert_account(response.json(), "stand-in", "u-1")
+        assert_account(response.json(), "stand-in", "u-1", own=True)
     finally:
         app.dependency_overrides.clear()
     assert (await client.get("/users/me")).status_code == 401

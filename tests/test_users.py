@@ -94,7 +94,7 @@ async def test_list_and_me(client: Client) -> None:
     await client.register("ana", "password123")
     me = await client.get("/users/me", headers=bearer(token))
     assert me.status_code == 200
-    assert_account(me.json(), "marko")
+    assert_account(me.json(), "marko", own=True)
     listing = await client.get("/users/list", headers=bearer(token))
     assert listing.status_code == 200
     users = listing.json()["users"]

@@ -1,5 +1,7 @@
+import { useState } from "react";
 import { AuthProvider, useAuth } from "./AuthContext";
 import AccountPanel from "./components/AccountPanel";
+import AdminPage from "./components/AdminPage";
 import AuthForms from "./components/AuthForms";
 import ChallengeProgress from "./components/ChallengeProgress";
 import Message from "./components/Message";
@@ -18,6 +20,33 @@ function Account() {
   );
 }
 
+/** The shop, or for an administrator who asked for it, the Administration page. */
+function Main() {
+  const { user } = useAuth();
+  const [page, setPage] = useState<"shop" | "admin">("shop");
+  const admin = page === "admin" && user?.is_admin === true;
+  return (
+    <>
+      {user?.is_admin && (
+        <nav className="pages" aria-label="Pages">
+          <button type="button" aria-pressed={!admin} onClick={() => setPage("shop")}>
+            Shop
+          </button>
+          <button type="button" aria-pressed={admin} onClick={() => setPage("admin")}>
+            Administration
+          </button>
+        </nav>
+      )}
+      <main className="layout">
+        <div className="account">
+          <Account />
+        </div>
+        {admin ? <AdminPage /> : <Shop />}
+      </main>
+    </>
+  );
+}
+
 export default function App() {
   return (
     <AuthProvider>
@@ -26,12 +55,7 @@ export default function App() {
         <Message />
         <ChallengeProgress />
       </header>
-      <main className="layout">
-        <div className="account">
-          <Account />
-        </div>
-        <Shop />
-      </main>
+      <Main />
     </AuthProvider>
   );
 }

@@ -44,7 +44,13 @@ const TOKEN_ERRORS: readonly unknown[] = ["Invalid token", "Signature has expire
 // --- the API's types, from the generated schema ---
 
 export type Schemas = components["schemas"];
-export type User = Schemas["UserOut"];
+/** The account as its owner sees it (`/users/me`): `is_admin` shows the Administration page. */
+export type User = Schemas["AccountOut"];
+export type Account = Schemas["AccountOut"];
+export type Session = Schemas["MySession"];
+export type AuditEvent = Schemas["AuditEventOut"];
+/** What an administrator may do to an account (AdminPage), by the route that does it. */
+export type AdminAction = "disable" | "enable" | "unlock" | "endSessions" | "grant" | "revoke";
 export type Item = Schemas["Item"];
 export type Catalogue = Schemas["Catalogue"];
 export type CartLine = Schemas["CartLine"];
@@ -444,7 +450,7 @@ async function sendCredentials<T>(
 
 export const api = {
   register: (username: string, password: string) =>
-    sendCredentials<User>("/users/register", { username, password }),
+    sendCredentials<Schemas["UserOut"]>("/users/register", { username, password }),
 
   /** Logs in with this browser's device token for the account, and keeps the one the server
    * returns (a new one after a password change or a logout everywhere). With TOTP on, the
@@ -554,4 +560,31 @@ export const api = {
   setCartQuantity: (itemId: number, quantity: number) =>
     request("put", "/cart/items/{item_id}", { params: { item_id: itemId }, body: { quantity } }),
   removeFromCart: (itemId: number) => request("delete", "/cart/items/{item_id}", { params: { item_id: itemId } }),
+
+  // Each user's own devices and security activity.
+  mySessions: () => request("get", "/users/me/sessions"),
+  endMySession: (sessionId: string) =>
+    request("delete", "/users/me/sessions/{session_id}", { params: { session_id: sessionId } }),
+  myActivity: (limit = 20) => request("get", "/users/me/activity", { query: { limit } }),
+
+  // The administrators' routes (403 for anyone else).
+  adminUsers: (query?: string) => request("get", "/admin/users", { query: { query: query || undefined, limit: 50 } }),
+  adminAudit: (limit = 50) => request("get", "/admin/audit", { query: { limit } }),
+  adminAct(action: AdminAction, userId: string): Promise<unknown> {
+    const params = { params: { user_id: userId } };
+    switch (action) {
+      case "disable":
+        return request("post", "/admin/users/{user_id}/disable", params);
+      case "enable":
+        return request("post", "/admin/users/{user_id}/enable", params);
+      case "unlock":
+        return request("post", "/admin/users/{user_id}/unlock", params);
+      case "endSessions":
+        return request("delete", "/admin/users/{user_id}/sessions", params);
+      case "grant":
+        return request("post", "/admin/users/{user_id}/admin", params);
+      case "revoke":
+        return request("delete", "/admin/users/{user_id}/admin", params);
+    }
+  },
 };

@@ -28,4 +28,8 @@ export const queryKeys = {
   shop: (sessionKey: number) => ["shop", sessionKey] as const,
   /** The registered users, as a logged-in user sees them. */
   users: (sessionKey: number) => ["users", sessionKey] as const,
+  /** The account's sessions (devices) and its recent security events. */
+  devices: (sessionKey: number) => ["devices", sessionKey] as const,
+  /** The Administration page: the accounts found for a query, and the audit log. */
+  admin: (sessionKey: number) => ["admin", sessionKey] as const,
 };

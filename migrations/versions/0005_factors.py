@@ -13,18 +13,18 @@ New tables, each cascading from ``users``:
 - ``totp_steps``: the last TOTP time step accepted per account (a code works once);
 - ``recovery_codes``: digests of an account's unused recovery codes.
 
-Another migration (0004) was written at the same time on another branch: whoever merges both
-chains this one after it (``down_revision = "0004"``).
+Another migration (0004, administrators and the audit log) was written at the same time on another
+branch; merged, this one follows it (``down_revision = "0004"``).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-10
 """
 
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,5 +1,6 @@
 import { useId, useState, type FormEvent } from "react";
 import { useAuth } from "../AuthContext";
+import Devices from "./Devices";
 import Passkeys from "./Passkeys";
 import TwoStep from "./TwoStep";
 
@@ -80,6 +81,7 @@ export default function AccountPanel() {
         ]}
         onSubmit={({ current, next }) => changePassword(current, next)}
       />
+      <Devices />
       <Passkeys />
       <TwoStep />
       <button type="button" onClick={handleLogoutEverywhere} disabled={busy}>
