@@ -70,8 +70,7 @@ def _bare(text: str) -> str:
 def lookalike_keys(username: str) -> frozenset[str]:
     """The keys under which ``username`` is unique: two names that share one look alike."""
     if _PLAIN.fullmatch(username):  # the same keys as _keys gives, faster (NFKC and casefold are lower())
-        return frozenset((_settled(username.lower(), _plain_skeleton, str.lower),
-                          _settled(username.translate(_PLAIN_SKELETON), _plain_skeleton, str.lower)))
+        return frozenset((username.translate(_PLAIN_FOLDED), username.translate(_PLAIN_TYPED)))
     return _keys(username)
 
 
@@ -93,6 +92,26 @@ def _settled(text: str, skeleton: Callable[[str], str], fold: Callable[[str], st
             break
         text = settled
     return text
+
+
+def _plain_tables() -> tuple[dict[int, str], dict[int, str]]:
+    """Both keys of a plain name, settled character by character, as two translation tables.
+
+    The plain skeleton and ``lower`` both map a character at a time, so settling a name is
+    settling each of its characters: one ``translate`` per key instead of a few rounds of two
+    (the JSON store computes the keys of every account at start-up). Each entry is checked to
+    be settled, so the tables give exactly what the rounds give."""
+    folded, typed = {}, {}
+    for c in string.ascii_letters + string.digits + "_.-":
+        folded[ord(c)] = _settled(c.lower(), _plain_skeleton, str.lower)
+        typed[ord(c)] = _settled(c.translate(_PLAIN_SKELETON), _plain_skeleton, str.lower)
+    for key in (*folded.values(), *typed.values()):
+        if _plain_skeleton(key.lower()) != key:
+            raise RuntimeError(f"the plain skeleton of {key!r} does not settle")  # ICU's data changed
+    return folded, typed
+
+
+_PLAIN_FOLDED, _PLAIN_TYPED = _plain_tables()
 
 
 def imitated_latin(username: str) -> str | None:

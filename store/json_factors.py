@@ -14,6 +14,7 @@ Times are Unix seconds; the public key is kept as base64url (JSON has no bytes).
 
 import base64
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from journal import Change
@@ -45,7 +46,7 @@ def _passkey(key: str, doc: dict[str, Any]) -> Passkey:
 
 class JsonFactors:
     t: dict[str, dict[str, Any]]
-    _users: dict[str, User]
+    _users: Mapping[str, User]  # JsonStore's accounts by id
     _by_credential: dict[str, str]  # credential id -> passkey id (set up by JsonStore)
 
     _db: Any  # JsonStore's journal.JournaledTables

@@ -11,6 +11,7 @@ logging in, and a deleted account frees its name's look-alikes. Plus the key fun
 
 import asyncio
 import os
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,12 @@ def test_case_width_and_accents_do_not_make_a_name_new() -> None:
 @pytest.mark.parametrize("name", ["marko", "Marko_1", "user0", "ADMIN", "a.b-c", "m1Il0O|", "rnm", "x" * 15])
 def test_the_fast_path_for_plain_names_gives_icus_keys(name: str) -> None:
     assert lookalike_keys(name) == _keys(name)
+
+
+def test_the_fast_path_gives_icus_keys_for_every_plain_pair() -> None:
+    plain = string.ascii_letters + string.digits + "_.-"
+    for name in (a + b for a in plain for b in plain):
+        assert lookalike_keys(name) == _keys(name), name
 
 
 def test_only_names_wholly_in_another_script_with_an_ascii_skeleton_imitate_latin() -> None:
