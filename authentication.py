@@ -54,16 +54,18 @@ class AuthHandler:
         self.anonymous_seconds = round(anonymous_days * 86400)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(cores, "bcrypt", initializer=_lower_priority)
+        self._lane = ThreadPoolExecutor(1, "bcrypt-trusted")  # the loop's priority (admission.py)
         # Verified tokens by their exact string: a hit skips the HMAC and JSON work; expiry is
         # still checked on every use, and revocation by the caller (sessions, identities).
         self._verified: dict[str, dict[str, Any]] = {}
         self._dummy_hash = self.pwd_context.hash(uuid.uuid4().hex)  # loads the backend: not timed
         started = time.perf_counter()
         self._verify("", self._dummy_hash)  # the first estimate of a hash's time; measured from then on
-        self.hashing = HashGate(self._pool, cores, time.perf_counter() - started, hash_max_wait)
+        self.hashing = HashGate(self._pool, cores, time.perf_counter() - started, hash_max_wait, self._lane)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._lane.shutdown(wait=False, cancel_futures=True)
 
     # -- passwords -----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from admission import ClientGone, HashGate, Overloaded
+from admission import TRUSTED, ClientGone, HashGate, Overloaded
 
 
 class Jobs:
@@ -161,3 +161,32 @@ def test_the_bound_counts_only_the_jobs_tagged_before_the_caller() -> None:
     flood_wait, user_wait = asyncio.run(scenario())
     assert flood_wait == pytest.approx(3.0)
     assert user_wait == pytest.approx(1.0)
+
+
+def test_a_trusted_job_runs_in_its_lane_while_every_slot_is_taken() -> None:
+    """The slot busy with a stranger's job and a stranger waiting: a trusted job starts at once in
+    the lane (it does not wait for the running job), a second trusted job waits until the lane is
+    free and then goes before the waiting stranger; without a lane, trusted jobs wait for the slot."""
+    async def scenario(with_lane: bool) -> list[str]:
+        jobs = Jobs()
+        with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(1) as lane:
+            gate = HashGate(pool, slots=1, seconds_per_job=1.0, lane=lane if with_lane else None)
+            tasks = [asyncio.ensure_future(gate.run("flood", None, jobs.job, "f1"))]
+            await jobs.until_started(1)
+            tasks.append(asyncio.ensure_future(gate.run("flood", None, jobs.job, "f2")))
+            await _settle()
+            assert gate.expected_wait("owner", TRUSTED) == (0.0 if with_lane else 1.0)
+            tasks.append(asyncio.ensure_future(gate.run("owner", None, jobs.job, "t1", priority=TRUSTED)))
+            await _settle()
+            tasks.append(asyncio.ensure_future(gate.run("owner2", None, jobs.job, "t2", priority=TRUSTED)))
+            await _settle()
+            if with_lane:
+                await jobs.until_started(2)  # t1, beside f1
+            assert jobs.started == (["f1", "t1"] if with_lane else ["f1"])
+            for name in ("t1", "f1", "t2", "f2"):
+                await jobs.finish(name)
+            assert sorted(await asyncio.gather(*tasks)) == ["f1", "f2", "t1", "t2"]
+        return jobs.started
+
+    assert asyncio.run(scenario(with_lane=True)) == ["f1", "t1", "t2", "f2"]
+    assert asyncio.run(scenario(with_lane=False)) == ["f1", "t1", "t2", "f2"]
