@@ -5,7 +5,10 @@ Runs the ``st`` CLI (schemathesis 4.x, pinned in requirements-dev.txt) against a
 two time-boxed passes that together stay under a minute: with a registered token, first without
 the operations that end the token's session (so the rest is tested logged in), then everything.
 The lockout is set generously: fuzzed wrong passwords must not turn the run into 429s (which are
-declared, but test less).
+declared, but test less). One worker: with two, Schemathesis' threads call ``ast.parse`` at once
+(Hypothesis describing a filter's lambda), which on Python 3.11 now and then fails inside
+CPython ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905): it
+failed a CI run here on 2026-12-03, on no answer of ours.
 """
 
 import subprocess
@@ -37,7 +40,7 @@ def test_the_api_conforms_to_its_openapi_document(tmp_path: Path) -> None:
         for index, (seconds, extra) in enumerate(PASSES):
             token = _token(server.url, f"fuzz{index}")
             command = [str(ST), "run", f"{server.url}/openapi.json", "--checks", CHECKS, "--max-time", str(seconds),
-                       "--seed", "14", "--generation-database", "none", "--workers", "2",
+                       "--seed", "14", "--generation-database", "none", "--workers", "1",
                        "-H", f"Authorization: Bearer {token}", *extra]
             run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=seconds + 15,
                                  stdin=subprocess.DEVNULL, cwd=tmp_path)  # cwd: st's own files go there
