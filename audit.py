@@ -36,7 +36,8 @@ USER_AGENT_CHARS = 200
 FOLDED = frozenset({"login_failed", "locked", "challenge_required"})  # what a flood repeats
 TYPES = ("register", "login", "login_failed", "locked", "challenge_required", "logout", "logout_all",
          "session_ended", "refresh_reuse", "password_changed", "account_deleted", "admin_disable", "admin_enable",
-         "admin_unlock", "admin_end_sessions", "admin_grant", "admin_revoke")
+         "admin_unlock", "admin_end_sessions", "admin_grant", "admin_revoke", "passkey_added", "passkey_removed",
+         "totp_enabled", "totp_disabled")
 
 
 def event_id(at: float) -> str:

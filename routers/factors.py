@@ -75,10 +75,12 @@ async def passkey_registration_options(user: CurrentUser, store: StoreDep, f: Fa
 @router.post("/me/passkeys", status_code=status.HTTP_201_CREATED, response_model=PasskeyOut, responses={
     **REGISTERED_ERRORS, 400: {"model": Message, "description": "A bad attestation, a wrong origin or RP, or a "
                                 "spent, expired or unknown challenge; or a passkey already registered"}})
-async def add_passkey(body: PasskeyRegistration, user: CurrentUser, store: StoreDep, f: FactorsDep) -> dict[str, Any]:
+async def add_passkey(body: PasskeyRegistration, request: Request, client: ClientAddress, user: CurrentUser,
+                      store: StoreDep, f: FactorsDep, audit: AuditDep) -> dict[str, Any]:
     """Keep a new passkey (what the authenticator answered to the options). Every other login
     session of the account ends; this one stays."""
     passkey = await factors.register_passkey(user, body.credential, body.name, store, f)
+    audit.record("passkey_added", user.user, client, user_agent(request), passkey_id=passkey.id, name=passkey.name)
     return {"id": passkey.id, "name": passkey.name, "created_at": passkey.created_at}
 
 
@@ -90,10 +92,12 @@ async def list_passkeys(user: CurrentUser, store: StoreDep) -> dict[str, Any]:
 
 @router.delete("/me/passkeys/{passkey_id}", status_code=status.HTTP_204_NO_CONTENT, responses={
     **REGISTERED_ERRORS, 404: {"model": Message, "description": "No such passkey of this account"}})
-async def delete_passkey(passkey_id: str, user: CurrentUser, store: StoreDep) -> Response:
+async def delete_passkey(passkey_id: str, request: Request, client: ClientAddress, user: CurrentUser,
+                         store: StoreDep, audit: AuditDep) -> Response:
     """Remove a passkey: it no longer signs in. Every other login session of the account ends."""
     if not PASSKEY_ID.fullmatch(passkey_id) or not await factors.remove_passkey(user, passkey_id, store):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such passkey")
+    audit.record("passkey_removed", user.user, client, user_agent(request), passkey_id=passkey_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -139,20 +143,24 @@ async def begin_totp(body: TotpSetupRequest, request: Request, client: ClientAdd
 
 
 @router.post("/me/totp/confirm", response_model=RecoveryCodes, responses={**REGISTERED_ERRORS, **CODE_ERRORS})
-async def confirm_totp(body: TotpConfirm, user: CurrentUser, store: StoreDep, f: FactorsDep) -> dict[str, Any]:
+async def confirm_totp(body: TotpConfirm, request: Request, client: ClientAddress, user: CurrentUser,
+                       store: StoreDep, f: FactorsDep, audit: AuditDep) -> dict[str, Any]:
     """A code from the app turns TOTP on: ten single-use recovery codes, shown this once. Every
     other login session of the account ends; this one stays."""
-    return {"recovery_codes": await factors.confirm_totp(user, body.code, store, f)}
+    codes = await factors.confirm_totp(user, body.code, store, f)
+    audit.record("totp_enabled", user.user, client, user_agent(request))
+    return {"recovery_codes": codes}
 
 
 @router.delete("/me/totp", status_code=status.HTTP_204_NO_CONTENT, responses={**REAUTH_ERRORS, **CODE_ERRORS})
 async def disable_totp(body: TotpDisable, request: Request, client: ClientAddress, user: CurrentUser,
                        store: StoreDep, auth: AuthDep, trust: TrustDep, settings: SettingsDep,
-                       f: FactorsDep) -> Response:
+                       f: FactorsDep, audit: AuditDep) -> Response:
     """The password and a code (or a recovery code) turn TOTP off. Every other login session of
     the account ends; this one stays."""
     await factors.disable_totp(user, body.password, body.code, _caller(request, client), store, auth, trust,
                                settings, f)
+    audit.record("totp_disabled", user.user, client, user_agent(request))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

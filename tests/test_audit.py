@@ -12,11 +12,14 @@ import httpx
 import pytest
 from test_abuse import from_address
 from test_admin import manage
+from test_passkeys import add_passkey
+from test_totp import turn_on
 
-from conftest import bearer, make_settings, running
+from conftest import Client, bearer, make_settings, running
 from server import Server, server_env
 from settings import Settings
 from store import AuditEvent, build_store
+from webauthn_support import SoftAuthenticator
 
 pytestmark = pytest.mark.anyio
 
@@ -77,6 +80,24 @@ async def test_folded_failures_are_visible_once_their_minute_is_over(tmp_path: P
         events = (await client.get("/users/me/activity", headers=bearer(token))).json()["events"]
         folded = [e for e in events if e["detail"].get("folded")]
         assert len(folded) == 1 and folded[0]["detail"]["count"] == 2
+
+
+async def test_second_factors_and_passkeys_are_in_the_owners_activity(client: Client) -> None:
+    """Adding and removing a passkey, turning TOTP on and off: each is an event of the account,
+    newest first, the passkey's id in its detail and no secret anywhere."""
+    token = await client.token_for("marko")
+    added = await add_passkey(client, token, SoftAuthenticator(), name="laptop")
+    assert added["status"] == 201, added
+    assert (await client.delete(f"/users/me/passkeys/{added['id']}", headers=bearer(token))).status_code == 204
+    secret, recovery = await turn_on(client, token)  # its code is spent: a recovery code turns it off
+    disabled = await client.request("DELETE", "/users/me/totp", json={"password": "password123", "code": recovery[0]},
+                                    headers=bearer(token))
+    assert disabled.status_code == 204, disabled.text
+    events = (await client.get("/users/me/activity", headers=bearer(token))).json()["events"]
+    assert [e["type"] for e in events][:4] == ["totp_disabled", "totp_enabled", "passkey_removed", "passkey_added"]
+    assert events[2]["detail"]["passkey_id"] == events[3]["detail"]["passkey_id"] == added["id"]
+    assert events[3]["detail"]["name"] == "laptop"
+    assert secret not in json.dumps(events)
 
 
 async def test_no_event_for_a_name_without_an_account(tmp_path: Path) -> None:

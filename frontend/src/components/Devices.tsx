@@ -27,6 +27,10 @@ const EVENT_TEXT: Record<string, string> = {
   admin_end_sessions: "Signed out everywhere by an administrator",
   admin_grant: "Made an administrator",
   admin_revoke: "Administrator rights removed",
+  passkey_added: "Passkey added",
+  passkey_removed: "Passkey removed",
+  totp_enabled: "Two-step sign-in (TOTP) turned on",
+  totp_disabled: "Two-step sign-in (TOTP) turned off",
 };
 
 export function eventText(event: AuditEvent): string {
